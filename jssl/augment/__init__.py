@@ -1,0 +1,1 @@
+"""Views and pretext inputs made on the accelerator, inside the jitted step."""

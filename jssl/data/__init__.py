@@ -1,0 +1,1 @@
+"""Input pipelines: grain over TFDS data sources, and the embedded offline datasets."""

@@ -1,0 +1,65 @@
+"""Run a jssl loss over a device mesh with ``jax.shard_map``.
+
+``shard_loss`` is the convenience users reach for when their batch is a global
+array: it checks that every batch-sharded argument divides by the number of
+devices on the axis (a clear error instead of a silent shrink), places nothing
+itself (JAX moves the arrays to the ``in_specs`` sharding), and returns the
+global-batch loss replicated on every device.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+
+def _axis_devices(mesh: Mesh, axis_name) -> int:
+    names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    for n in names:
+        if n not in mesh.shape:
+            raise ValueError(
+                f"axis_name {axis_name!r} is not an axis of the mesh {dict(mesh.shape)}; "
+                f"pass one of {tuple(mesh.shape)}"
+            )
+    return int(np.prod([mesh.shape[n] for n in names]))
+
+
+def shard_loss(
+    loss_fn: Callable,
+    mesh: Mesh,
+    *,
+    batch_argnums: Sequence[int],
+    axis_name="data",
+    **loss_kwargs,
+) -> Callable:
+    """Wrap ``loss_fn(*args, axis_name=..., **loss_kwargs)`` in ``jax.shard_map``.
+
+    Positional arguments listed in ``batch_argnums`` are split along axis 0 over
+    ``axis_name``; the others (queues, centers, logit scales) are replicated.
+    The returned function gives the same value and gradient as
+    ``loss_fn(*args, axis_name=None, **loss_kwargs)`` on the global arrays.
+    """
+    n_dev = _axis_devices(mesh, axis_name)
+    params = list(inspect.signature(loss_fn).parameters)
+    batch_argnums = tuple(batch_argnums)
+
+    def wrapped(*args):
+        for i in batch_argnums:
+            b = np.shape(args[i])[0] if np.ndim(args[i]) else None
+            if b is None or b % n_dev:
+                name = params[i] if i < len(params) else f"argument {i}"
+                raise ValueError(
+                    f"{name} has global batch {b} (shape {tuple(np.shape(args[i]))}), which does "
+                    f"not divide by the {n_dev} devices on axis {axis_name!r}; use a global "
+                    f"batch that is a multiple of {n_dev}"
+                )
+        in_specs = tuple(P(axis_name) if i in batch_argnums else P() for i in range(len(args)))
+        body = functools.partial(loss_fn, axis_name=axis_name, **loss_kwargs)
+        return jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=P())(*args)
+
+    return wrapped

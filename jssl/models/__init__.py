@@ -1,0 +1,1 @@
+"""Flax linen models: backbones, heads and pretext networks. Import submodules directly."""

@@ -1,0 +1,1 @@
+"""Training engine: mesh, optimizers, checkpoints, metrics, the loop."""
