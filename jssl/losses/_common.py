@@ -87,6 +87,22 @@ def gather(x: jax.Array, axis_name: AxisName) -> jax.Array:
     return x if axis_name is None else jax.lax.all_gather(x, axis_name, axis=0, tiled=True)
 
 
+def gather_replicated(x: jax.Array, axis_name: AxisName) -> jax.Array:
+    """Like ``gather`` but typed as replicated across ``axis_name``, for state updates.
+
+    ``shard_map`` types an ``all_gather`` result as device-varying, so state that
+    must come out replicated (``out_specs=P()``, e.g. the MoCo queue) is built
+    with a ``psum`` instead: each device writes its rows into a zero [P·n, ...]
+    buffer and the buffers are summed. Costs one all-reduce of the gathered size.
+    """
+    if axis_name is None:
+        return x
+    n = x.shape[0]
+    buf = jnp.zeros((axis_size(axis_name) * n, *x.shape[1:]), x.dtype)
+    buf = jax.lax.dynamic_update_slice_in_dim(buf, x, axis_index(axis_name) * n, axis=0)
+    return jax.lax.psum(buf, axis_name)
+
+
 def psum(x: jax.Array, axis_name: AxisName) -> jax.Array:
     return x if axis_name is None else jax.lax.psum(x, axis_name)
 

@@ -2,9 +2,12 @@
 
 ``shard_loss`` is the convenience users reach for when their batch is a global
 array: it checks that every batch-sharded argument divides by the number of
-devices on the axis (a clear error instead of a silent shrink), places nothing
-itself (JAX moves the arrays to the ``in_specs`` sharding), and returns the
+devices on the axis (a clear error instead of a silent shrink), and returns the
 global-batch loss replicated on every device.
+
+Arguments are resharded onto the ``in_specs`` sharding (batch arguments split
+over ``axis_name``, the rest replicated), so NumPy arrays work as well as
+arrays already placed on the mesh.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 
@@ -50,15 +53,24 @@ def shard_loss(
 
     def wrapped(*args):
         for i in batch_argnums:
-            b = np.shape(args[i])[0] if np.ndim(args[i]) else None
-            if b is None or b % n_dev:
-                name = params[i] if i < len(params) else f"argument {i}"
-                raise ValueError(
-                    f"{name} has global batch {b} (shape {tuple(np.shape(args[i]))}), which does "
-                    f"not divide by the {n_dev} devices on axis {axis_name!r}; use a global "
-                    f"batch that is a multiple of {n_dev}"
-                )
+            for leaf in jax.tree_util.tree_leaves(args[i]):
+                b = np.shape(leaf)[0] if np.ndim(leaf) else None
+                if b is None or b % n_dev:
+                    name = params[i] if i < len(params) else f"argument {i}"
+                    raise ValueError(
+                        f"{name} has global batch {b} (shape {tuple(np.shape(leaf))}), which "
+                        f"does not divide by the {n_dev} devices on axis {axis_name!r}; use a "
+                        f"global batch that is a multiple of {n_dev}"
+                    )
         in_specs = tuple(P(axis_name) if i in batch_argnums else P() for i in range(len(args)))
+        # shard_map wants its inputs on the in_specs sharding: move them there (a no-op
+        # for arrays already placed; a reshard under jit otherwise).
+        args = [
+            jax.tree_util.tree_map(
+                lambda x, s=spec: jax.sharding.reshard(x, NamedSharding(mesh, s)), a
+            )
+            for a, spec in zip(args, in_specs, strict=True)
+        ]
         body = functools.partial(loss_fn, axis_name=axis_name, **loss_kwargs)
         return jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=P())(*args)
 

@@ -1,0 +1,25 @@
+"""jssl.losses: pure, sharding-aware self-supervised losses.
+
+Import with ``from jssl import losses``; nothing here imports the trainer, the
+models or the data stack. Every loss that compares examples across the batch
+takes ``axis_name``: ``None`` for global arrays, or the mesh axis (or tuple of
+axes) when called inside ``jax.shard_map``, where it all-gathers what it needs
+and returns the global-batch value on every device. See docs/losses.md.
+"""
+from jssl.losses.contrastive import info_nce, moco, moco_update_queue, nt_xent
+from jssl.losses.distillation import byol, dino, dino_update_center
+from jssl.losses.image_text import clip, siglip
+from jssl.losses.sharding import shard_loss
+
+__all__ = [
+    "byol",
+    "clip",
+    "dino",
+    "dino_update_center",
+    "info_nce",
+    "moco",
+    "moco_update_queue",
+    "nt_xent",
+    "shard_loss",
+    "siglip",
+]
