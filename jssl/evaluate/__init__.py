@@ -1,0 +1,1 @@
+"""Evaluation protocols on frozen or fine-tuned features: kNN, linear probe, fine-tuning."""
