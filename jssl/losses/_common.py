@@ -67,6 +67,16 @@ def check_dim(name: str, x: jax.Array, axis: int, size: int, what: str) -> None:
         )
 
 
+IMPLS = ("gather", "ring")
+
+
+def check_impl(impl: str, block_size: int) -> None:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if not (isinstance(block_size, int) and block_size > 0):
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}; e.g. 1024")
+
+
 # ------------------------------------------------------------------- collectives
 def axis_size(axis_name: AxisName) -> int:
     """Number of devices along ``axis_name`` (1 when None)."""

@@ -25,6 +25,7 @@ from jssl.losses._common import (
     axis_index,
     axis_size,
     check_dim,
+    check_impl,
     check_ndim,
     check_positive,
     check_same_shape,
@@ -34,6 +35,7 @@ from jssl.losses._common import (
     l2_normalize,
     matmul_t,
 )
+from jssl.losses.ring import nt_xent_ring
 
 _T_FIX = "pass a positive temperature such as 0.1"
 
@@ -88,6 +90,8 @@ def nt_xent(
     temperature: float = 0.1,
     *,
     axis_name: AxisName = None,
+    impl: str = "gather",
+    block_size: int = 1024,
 ) -> jax.Array:
     """NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR (Chen et al. 2020).
 
@@ -99,19 +103,32 @@ def nt_xent(
 
     Reduction: mean over all 2N anchors of the global batch.
 
-    Under ``shard_map`` both views are gathered (N·D each); a device's logits
-    are its 2n local anchors against the 2N gathered keys, i.e. [2n, 2N].
+    ``impl="gather"``: under ``shard_map`` both views are gathered (N·D each); a
+    device's logits are its 2n local anchors against the 2N gathered keys, i.e.
+    [2n, 2N] floats. ``impl="ring"``: the key blocks travel around the axis with
+    ``ppermute`` and are scored in ``block_size`` tiles with a running
+    log-sum-exp and a recomputing custom VJP (``jssl.losses.ring``): O(n·D)
+    memory per device, same value and gradient.
 
     Args:
       z1, z2: [B, D] the two views' projections (any float dtype).
-      temperature: T > 0.
+      temperature: T > 0 (a Python float for ``impl="ring"``).
       axis_name: mesh axis when called inside ``shard_map``.
+      impl: "gather" (all-gather + local loss) or "ring".
+      block_size: tile edge for ``impl="ring"``.
     """
     check_ndim("z1", z1, 2, "[batch, dim]")
     check_same_shape("z1", z1, "z2", z2)
     check_positive("temperature", temperature, _T_FIX)
+    check_impl(impl, block_size)
     n = z1.shape[0]
     a1, a2 = l2_normalize(z1), l2_normalize(z2)
+    if impl == "ring":
+        if not isinstance(temperature, float | int):
+            raise ValueError(f"temperature must be a Python float with impl='ring', got "
+                             f"{type(temperature).__name__}; pass e.g. temperature=0.1")
+        local = nt_xent_ring(a1, a2, float(temperature), axis_name, block_size)
+        return global_mean(local, 2 * n, axis_name)
     k1, k2 = gather(a1, axis_name), gather(a2, axis_name)
     big_n = k1.shape[0]
     anchors = jnp.concatenate([a1, a2], axis=0)  # [2n, D]

@@ -18,12 +18,14 @@ from jssl.losses._common import (
     AxisName,
     as_f32,
     axis_index,
+    check_impl,
     check_ndim,
     check_same_shape,
     gather,
     global_mean,
     matmul_t,
 )
+from jssl.losses.ring import clip_ring, siglip_ring
 
 
 def _check_scalar(name: str, x) -> None:
@@ -45,6 +47,8 @@ def clip(
     logit_scale: jax.Array | float,
     *,
     axis_name: AxisName = None,
+    impl: str = "gather",
+    block_size: int = 1024,
 ) -> jax.Array:
     """Symmetric InfoNCE of CLIP (Radford et al. 2021).
 
@@ -57,10 +61,18 @@ def clip(
     Args:
       image_emb, text_emb: [B, D] (L2-normalised by the model).
       logit_scale: scalar t = exp(learned log-scale), e.g. 1/0.07 at init.
+      impl: "gather" (all-gather, [n, N] logits per device) or "ring" (text blocks
+        travel by ``ppermute``; one fused pass gives row and column log-sum-exps;
+        O(n·D) memory; see ``jssl.losses.ring``).
+      block_size: tile edge for ``impl="ring"``.
     """
     _check_pair(image_emb, text_emb)
     _check_scalar("logit_scale", logit_scale)
+    check_impl(impl, block_size)
     n = image_emb.shape[0]
+    if impl == "ring":
+        local = clip_ring(image_emb, text_emb, logit_scale, axis_name, block_size)
+        return global_mean(local, n, axis_name)
     img, txt = as_f32(image_emb), as_f32(text_emb)
     scale = as_f32(logit_scale)
     all_img, all_txt = gather(img, axis_name), gather(txt, axis_name)
@@ -82,6 +94,8 @@ def siglip(
     logit_bias: jax.Array | float,
     *,
     axis_name: AxisName = None,
+    impl: str = "gather",
+    block_size: int = 1024,
 ) -> jax.Array:
     """Pairwise sigmoid loss of SigLIP (Zhai et al. 2023, eq. 1).
 
@@ -96,11 +110,18 @@ def siglip(
       image_emb, text_emb: [B, D] (L2-normalised by the model).
       logit_scale: scalar t = exp(learned log t) (10 at init in the paper).
       logit_bias: scalar b (−10 at init in the paper).
+      impl: "gather" or "ring" (the chunked ring of SigLIP §3.3, with a
+        recomputing custom VJP so memory stays O(n·D); see ``jssl.losses.ring``).
+      block_size: tile edge for ``impl="ring"``.
     """
     _check_pair(image_emb, text_emb)
     _check_scalar("logit_scale", logit_scale)
     _check_scalar("logit_bias", logit_bias)
+    check_impl(impl, block_size)
     n = image_emb.shape[0]
+    if impl == "ring":
+        local = siglip_ring(image_emb, text_emb, logit_scale, logit_bias, axis_name, block_size)
+        return global_mean(local, n, axis_name)
     img, txt = as_f32(image_emb), as_f32(text_emb)
     all_txt = gather(txt, axis_name)
     logits = as_f32(logit_scale) * matmul_t(img, all_txt) + as_f32(logit_bias)  # [n, N]
