@@ -5,9 +5,10 @@ array: it checks that every batch-sharded argument divides by the number of
 devices on the axis (a clear error instead of a silent shrink), and returns the
 global-batch loss replicated on every device.
 
-Arguments are resharded onto the ``in_specs`` sharding (batch arguments split
-over ``axis_name``, the rest replicated), so NumPy arrays work as well as
-arrays already placed on the mesh.
+On a mesh with Explicit axes the arguments are resharded onto the ``in_specs``
+sharding (batch arguments split over ``axis_name``, the rest replicated); with
+Auto axes (GSPMD, as the trainer's mesh) ``shard_map`` does that itself. Either
+way NumPy arrays work as well as arrays already placed on the mesh.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 
@@ -48,6 +49,9 @@ def shard_loss(
     ``loss_fn(*args, axis_name=None, **loss_kwargs)`` on the global arrays.
     """
     n_dev = _axis_devices(mesh, axis_name)
+    names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    types = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))
+    explicit = all(types[n] == AxisType.Explicit for n in names)
     params = list(inspect.signature(loss_fn).parameters)
     batch_argnums = tuple(batch_argnums)
 
@@ -63,14 +67,16 @@ def shard_loss(
                         f"global batch that is a multiple of {n_dev}"
                     )
         in_specs = tuple(P(axis_name) if i in batch_argnums else P() for i in range(len(args)))
-        # shard_map wants its inputs on the in_specs sharding: move them there (a no-op
-        # for arrays already placed; a reshard under jit otherwise).
-        args = [
-            jax.tree_util.tree_map(
-                lambda x, s=spec: jax.sharding.reshard(x, NamedSharding(mesh, s)), a
-            )
-            for a, spec in zip(args, in_specs, strict=True)
-        ]
+        if explicit:
+            # With Explicit axes shard_map wants its inputs on the in_specs sharding:
+            # move them there (a no-op for arrays already placed). Auto axes reshard
+            # by themselves.
+            args = [
+                jax.tree_util.tree_map(
+                    lambda x, s=spec: jax.sharding.reshard(x, NamedSharding(mesh, s)), a
+                )
+                for a, spec in zip(args, in_specs, strict=True)
+            ]
         body = functools.partial(loss_fn, axis_name=axis_name, **loss_kwargs)
         return jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=P())(*args)
 
