@@ -1,0 +1,101 @@
+"""SimCLR (Chen et al. 2020).
+
+Presets (``--config=experiments/simclr.py:PRESET``):
+
+tiny           CI smoke test: a few steps of a tiny ResNet on Fashion-MNIST.
+               python -m jssl.main --config=experiments/simclr.py:tiny --workdir=/tmp/t
+               any CPU, seconds; no metric expected.
+fashion_mnist  The quickstart: pretrain without labels on the 60 000 Fashion-MNIST training
+               images, then kNN and linear probes on the 10 000 test images.
+               python -m jssl.main --config=experiments/simclr.py:fashion_mnist \
+                   --workdir=runs/simclr_fmnist
+               2-core CPU; expected wall time and accuracy: see docs/RESULTS.md (measured).
+imagenet_r50   The paper's ImageNet recipe: ResNet-50, batch 4096, LARS lr 0.3×B/256 = 4.8,
+               weight decay 1e-6, T = 0.1, 100 epochs with 10 warm-up epochs, 224 px views,
+               colour strength 1.0 with blur; mesh over all devices (e.g. a TPU v3-32 pod).
+               python -m jssl.main --config=experiments/simclr.py:imagenet_r50 --workdir=gs://...
+               Paper: 64.5 % linear probe at 100 epochs (Table B.1, batch 4096; not measured here).
+"""
+import ml_collections
+
+PRESETS = ("tiny", "fashion_mnist", "imagenet_r50")
+
+
+def base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.method = "simclr"
+    c.name = "simclr"
+    c.seed = 0
+    c.mesh = ml_collections.ConfigDict({"data": -1})
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "fashion_mnist_local"
+    c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+    c.data.idx_dir = "/usr/share/datasets/fashion-mnist"
+    c.data.train_split = "train"
+    c.data.test_split = "test"
+    c.data.in_memory = True
+    c.data.worker_count = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.encoder = ml_collections.ConfigDict(
+        {"name": "resnet", "preset": "tiny", "stem": "cifar", "norm": "batch"})
+    c.model.projector = ml_collections.ConfigDict(
+        {"hidden_dim": 256, "out_dim": 64, "num_layers": 2, "use_bn": True, "last_bn": False})
+
+    c.augment = ml_collections.ConfigDict(
+        {"size": 28, "strength": 0.5, "blur": False, "scale": (0.2, 1.0)})
+    c.loss = ml_collections.ConfigDict({"temperature": 0.2, "impl": "gather",
+                                        "block_size": 1024})
+
+    c.train = ml_collections.ConfigDict(
+        {"batch_size": 256, "steps": 1000, "log_every": 50, "grad_accum_steps": 1})
+    c.optim = ml_collections.ConfigDict(
+        {"name": "lars", "base_lr": 0.3, "lr_scaling": "linear", "weight_decay": 1e-6,
+         "momentum": 0.9, "schedule": "cosine", "warmup_steps": 50, "end_lr_factor": 0.0})
+    c.checkpoint = ml_collections.ConfigDict({"every": 500, "keep": 2, "async_save": True})
+
+    c.eval = ml_collections.ConfigDict(
+        {"num_classes": 10, "knn_k": (20, 200), "knn_temperature": 0.07,
+         "label_fractions": (1.0, 0.1, 0.01)})
+    return c
+
+
+def get_config(arg: str = "fashion_mnist") -> ml_collections.ConfigDict:
+    c = base()
+    c.name = f"simclr_{arg}"
+    if arg == "tiny":
+        c.train.batch_size = 16
+        c.train.steps = 4
+        c.train.log_every = 2
+        c.optim.warmup_steps = 1
+        c.model.projector.hidden_dim = 32
+        c.model.projector.out_dim = 16
+        c.checkpoint.every = 2
+        c.eval.knn_k = (5,)
+        c.eval.label_fractions = (1.0,)
+    elif arg == "fashion_mnist":
+        pass
+    elif arg == "imagenet_r50":
+        c.data.name = "imagenet2012"
+        c.data.test_split = "validation"
+        c.data.in_memory = False
+        c.data.worker_count = 16
+        c.eval.num_classes = 1000
+        c.model.encoder = ml_collections.ConfigDict(
+            {"name": "resnet", "preset": "resnet50", "stem": "imagenet", "norm": "batch",
+             "dtype": "bfloat16"})
+        c.model.projector = ml_collections.ConfigDict(
+            {"hidden_dim": 2048, "out_dim": 128, "num_layers": 2, "use_bn": True,
+             "last_bn": False})
+        c.augment = ml_collections.ConfigDict(
+            {"size": 224, "strength": 1.0, "blur": True, "scale": (0.08, 1.0)})
+        c.loss.temperature = 0.1
+        c.train.batch_size = 4096
+        c.train.steps = 100 * 1_281_167 // 4096  # 100 epochs
+        c.train.log_every = 100
+        c.optim.warmup_steps = 10 * 1_281_167 // 4096
+        c.checkpoint.every = 2000
+    else:
+        raise ValueError(f"unknown simclr preset {arg!r}; use tiny, fashion_mnist, imagenet_r50")
+    return c

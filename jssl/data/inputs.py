@@ -1,0 +1,74 @@
+"""Inputs from the config: ``config.data`` → grain loaders and evaluation arrays.
+
+    config.data.name        TFDS name; "fashion_mnist_local" is built offline from Debian's IDX
+    config.data.data_dir    TFDS data dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets)
+    config.data.idx_dir     where the Fashion-MNIST IDX files are (fashion_mnist_local only)
+    config.data.train_split, config.data.test_split
+    config.data.in_memory   decode the split once into RAM (small datasets: much faster reads)
+
+Training batches are uint8 images (decoded on the host, shipped as bytes; the
+method converts and augments on the device) and int32 labels, read by grain
+with a seeded shuffle, each process reading only its own shard.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import grain.python as grain
+import numpy as np
+
+from jssl.data import fashion_mnist
+from jssl.data.host_transforms import DecodeImage, decode_image
+from jssl.data.pipeline import ArraySource, make_loader, make_source
+
+
+def _field(cfg: Any, name: str, default: Any = None) -> Any:
+    return cfg[name] if name in cfg and cfg[name] is not None else default
+
+
+def load_source(data: Any, split: str):
+    """The random-access source of ``split`` (decoded into RAM if ``data.in_memory``)."""
+    name, data_dir = data.name, _field(data, "data_dir")
+    if name == fashion_mnist.NAME:
+        fashion_mnist.prepare_fashion_mnist(
+            data_dir, _field(data, "idx_dir", fashion_mnist.DEFAULT_IDX_DIR))
+    source = make_source(name, split, data_dir)
+    if not _field(data, "in_memory", False):
+        return source
+    images, labels = decode_all(source)
+    return ArraySource(f"{name}:{split}", image=images, label=labels)
+
+
+def decode_all(source) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images [N, H, W, C], int32 labels [N]) of a whole source."""
+    if isinstance(source, ArraySource):
+        everything = source[np.arange(len(source))]
+        return everything["image"], everything["label"].astype(np.int32)
+    n = len(source)
+    first = decode_image(source[0]["image"])
+    images = np.empty((n, *first.shape), np.uint8)
+    labels = np.empty((n,), np.int32)
+    chunk = 1024
+    for start in range(0, n, chunk):
+        idx = list(range(start, min(n, start + chunk)))
+        records = (source.__getitems__(idx) if hasattr(source, "__getitems__")
+                   else [source[i] for i in idx])
+        for i, rec in zip(idx, records, strict=True):
+            images[i] = decode_image(rec["image"])
+            labels[i] = rec["label"]
+    return images, labels
+
+
+def eval_arrays(data: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A whole split as arrays, for feature extraction and probes."""
+    return decode_all(load_source(data, split))
+
+
+def train_loader(config: Any, *, process_index: int | None = None,
+                 process_count: int | None = None) -> grain.DataLoader:
+    """Endless, seeded, per-process-sharded loader of uint8 training batches."""
+    source = load_source(config.data, config.data.train_split)
+    return make_loader(source, global_batch_size=config.train.batch_size, seed=config.seed,
+                       shuffle=True, num_epochs=None, process_index=process_index,
+                       process_count=process_count, transforms=(DecodeImage("uint8"),),
+                       worker_count=_field(config.data, "worker_count", 0))

@@ -1,0 +1,16 @@
+"""Self-supervised methods, one file each. ``get_method(name)`` returns the class."""
+from __future__ import annotations
+
+import importlib
+
+#: method name -> "module:Class"; modules are imported on demand.
+REGISTRY = {
+    "simclr": "jssl.methods.simclr:SimCLR",
+}
+
+
+def get_method(name: str):
+    if name not in REGISTRY:
+        raise ValueError(f"config.method={name!r} is unknown; use one of {sorted(REGISTRY)}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,84 @@
+"""What a self-supervised method tells the trainer.
+
+A method is one small file that says, in the order of its paper: the networks
+it trains, how it makes views or masks, its loss, and its extra state (EMA
+teacher, queue, center) with the update rule. The trainer owns everything else:
+mesh, optimizer, checkpoints, logging, evaluation.
+
+Arrays the trainer hands a method are *global* (GSPMD-sharded over the batch
+axes of the mesh); a loss that compares examples across the batch runs through
+``self.shard(loss_fn, ...)``, i.e. ``jax.shard_map`` over the batch axes with
+negatives gathered across devices. BatchNorm statistics are therefore global
+batch statistics (synchronised BN) without any ``axis_name`` in the model.
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from jssl import losses
+from jssl.train.mesh import batch_axes
+
+Variables = dict[str, Any]
+Metrics = dict[str, jax.Array]
+
+
+class Method(abc.ABC):
+    """Base class. Subclasses implement ``init``, ``loss`` and ``features``."""
+
+    name = "method"
+    #: Whether the loss compares examples across the batch: such losses refuse
+    #: gradient accumulation, which would silently shrink the negatives.
+    uses_batch_negatives = False
+
+    def __init__(self, config: Any, mesh: Mesh):
+        self.config = config
+        self.mesh = mesh
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def axis_name(self) -> tuple[str, ...]:
+        """The mesh axes the batch is split over (what the losses gather across)."""
+        return batch_axes(self.mesh)
+
+    def shard(self, loss_fn: Callable, batch_argnums: Sequence[int], **kwargs) -> Callable:
+        """``loss_fn`` under ``shard_map`` over the batch axes (see ``losses.shard_loss``)."""
+        return losses.shard_loss(loss_fn, self.mesh, batch_argnums=batch_argnums,
+                                 axis_name=self.axis_name, **kwargs)
+
+    @staticmethod
+    def images(batch: dict[str, jax.Array]) -> jax.Array:
+        """The batch's images as float32 in [0, 1] (uint8 bytes are shipped to device)."""
+        x = batch["image"]
+        if x.dtype == jnp.uint8:
+            return x.astype(jnp.float32) / 255.0
+        return x.astype(jnp.float32)
+
+    # ------------------------------------------------------------ the contract
+    @abc.abstractmethod
+    def init(self, key: jax.Array, batch: dict[str, jax.Array]) -> tuple[Variables, Any]:
+        """(variables, extra): ``variables["params"]`` is trained; other collections
+        (``batch_stats``) are model state; ``extra`` is the method's own state
+        (teacher params, queue, center) — an empty dict if none."""
+
+    @abc.abstractmethod
+    def loss(self, params: Any, variables: Variables, extra: Any, batch: dict[str, jax.Array],
+             key: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Metrics, Variables]]:
+        """(loss, (metrics, new non-param variables)) for one global batch."""
+
+    def update_extra(self, params: Any, extra: Any, step: jax.Array) -> Any:
+        """The extra state after an optimizer step (EMA, queue ...). Default: unchanged."""
+        return extra
+
+    @abc.abstractmethod
+    def features(self, variables: Variables, extra: Any, images: jax.Array) -> jax.Array:
+        """Frozen features [B, D] of float images in [0, 1], for evaluation."""
+
+    def freeze_patterns(self) -> dict[str, int]:
+        """{param-path regex: steps} whose updates are zeroed for the first steps."""
+        return {}

@@ -1,0 +1,86 @@
+"""`jssl.main`'s work: train a config, then evaluate its frozen features.
+
+Evaluation protocols (config.eval): weighted kNN (k in ``knn_k``, T = 0.07) and
+linear probes with the label fractions in ``label_fractions``, on features of
+the test split against the train split. Results go to ``workdir/results.json``
+and a printed table that names the protocol of every number.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from jssl.data.inputs import eval_arrays
+from jssl.evaluate.features import extract_features
+from jssl.evaluate.knn import knn_accuracy
+from jssl.evaluate.linear import linear_probe
+from jssl.train.loop import train
+
+log = logging.getLogger(__name__)
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    dev = jax.devices()[0]
+    return f"{jax.device_count()}× {dev.platform} ({dev.device_kind}); host {cpu}, " \
+           f"{os.cpu_count()} cores"
+
+
+def evaluate(config: Any, state, method, workdir: Path) -> list[dict]:
+    ev = config.eval
+    train_x, train_y = eval_arrays(config.data, config.data.train_split)
+    test_x, test_y = eval_arrays(config.data, config.data.test_split)
+    variables = {"params": state.params, **state.variables}
+    t0 = time.perf_counter()
+    f_train = extract_features(method, variables, state.extra, train_x, method.mesh)
+    f_test = extract_features(method, variables, state.extra, test_x, method.mesh)
+    log.info("features %s in %.1f s", f_train.shape, time.perf_counter() - t0)
+    results = []
+    for k in ev.knn_k:
+        acc = knn_accuracy(f_train, train_y, f_test, test_y, num_classes=ev.num_classes, k=k,
+                           temperature=ev.knn_temperature)
+        results.append({"protocol": f"kNN (k={k}, T={ev.knn_temperature})",
+                        "label_fraction": 1.0, "accuracy": acc})
+    for frac in ev.label_fractions:
+        out = linear_probe(f_train, train_y, f_test, test_y, num_classes=ev.num_classes,
+                           label_fraction=frac, seed=config.seed)
+        results.append({"protocol": f"linear probe ({frac:.0%} labels)", "label_fraction": frac,
+                        "accuracy": out["accuracy"], "weight_decay": out["weight_decay"]})
+    return results
+
+
+def run(config: Any, workdir: str | os.PathLike, mode: str = "train_eval") -> dict:
+    t0 = time.perf_counter()
+    state, method = train(config, workdir)
+    train_time = time.perf_counter() - t0
+    summary = {"method": config.method, "config": config.get("name", config.method),
+               "steps": int(config.train.steps), "batch_size": int(config.train.batch_size),
+               "train_wall_s": train_time, "hardware": hardware(),
+               "date": time.strftime("%Y-%m-%d"), "results": []}
+    if mode in ("eval", "train_eval") and "eval" in config:
+        summary["results"] = evaluate(config, state, method, Path(workdir))
+        summary["total_wall_s"] = time.perf_counter() - t0
+    if jax.process_index() == 0:
+        Path(workdir, "results.json").write_text(json.dumps(summary, indent=1))
+        print(format_results(summary))
+    return summary
+
+
+def format_results(summary: dict) -> str:
+    lines = [f"{summary['method']} · {summary['steps']} steps × batch {summary['batch_size']} · "
+             f"train {summary['train_wall_s']:.0f} s · {summary['hardware']}"]
+    for r in summary["results"]:
+        lines.append(f"  {r['protocol']:34s} {100 * r['accuracy']:6.2f} %")
+    return "\n".join(lines)
