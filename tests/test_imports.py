@@ -18,5 +18,6 @@ def test_public_loss_names():
     from jssl import losses
 
     for name in ["info_nce", "nt_xent", "moco", "moco_update_queue", "clip", "siglip", "byol",
-                 "dino", "dino_update_center"]:
+                 "dino", "dino_update_center", "masked_lm", "next_token", "span_corruption", "mae",
+                 "wav2vec2", "codebook_diversity", "classification"]:
         assert callable(getattr(losses, name)), name

@@ -9,17 +9,33 @@ and returns the global-batch value on every device. See docs/losses.md.
 from jssl.losses.contrastive import info_nce, moco, moco_update_queue, nt_xent
 from jssl.losses.distillation import byol, dino, dino_update_center
 from jssl.losses.image_text import clip, siglip
+from jssl.losses.prediction import classification, mae, masked_lm, next_token, span_corruption
 from jssl.losses.sharding import shard_loss
+from jssl.losses.speech import (
+    codebook_diversity,
+    codebook_perplexity,
+    sample_negatives,
+    wav2vec2,
+)
 
 __all__ = [
     "byol",
+    "classification",
     "clip",
+    "codebook_diversity",
+    "codebook_perplexity",
     "dino",
     "dino_update_center",
     "info_nce",
+    "mae",
+    "masked_lm",
     "moco",
     "moco_update_queue",
+    "next_token",
     "nt_xent",
+    "sample_negatives",
     "shard_loss",
     "siglip",
+    "span_corruption",
+    "wav2vec2",
 ]
