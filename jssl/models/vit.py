@@ -1,0 +1,247 @@
+"""Vision Transformer (Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021).
+
+The SSL flavour used by MoCo v3, DINO, MAE and I-JEPA: pre-norm blocks (LayerNorm -> MHSA,
+LayerNorm -> GELU MLP), an optional cls token, and either fixed 2-D sin-cos positions
+(MAE / MoCo v3) or learned ones. Dropout and stochastic depth (DropPath, linearly increasing
+with depth) are optional; both draw from the ``"dropout"`` RNG stream when ``train=True``.
+
+``keep_ids`` runs the encoder on a subset of patch tokens (positions are added before the
+subset is taken), which is what MAE (visible patches only) and I-JEPA (context block) need.
+
+Layout helpers ``patchify``/``unpatchify`` use MAE's layout: ``[B, L, p*p*C]`` with the
+patch pixels flattened in (row, col, channel) order and patches in raster order.
+
+Params are float32; computation runs in ``dtype``; outputs are in ``dtype``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(patch_size=4, dim=32, depth=2, num_heads=2),
+    "ti16": dict(patch_size=16, dim=192, depth=12, num_heads=3),
+    "s16": dict(patch_size=16, dim=384, depth=12, num_heads=6),
+    "b16": dict(patch_size=16, dim=768, depth=12, num_heads=12),
+    "l16": dict(patch_size=16, dim=1024, depth=24, num_heads=16),
+}
+
+_DENSE_INIT = nn.initializers.xavier_uniform()
+
+
+def patchify(images: jnp.ndarray, patch_size: int) -> jnp.ndarray:
+    """``[B, H, W, C] -> [B, (H/p)*(W/p), p*p*C]`` (MAE layout: raster patches, (p, p, C))."""
+    b, h, w, c = images.shape
+    p = patch_size
+    if h % p or w % p:
+        raise ValueError(f"image size {h}x{w} is not divisible by patch_size={p}; "
+                         f"resize/crop to a multiple of {p}")
+    x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: jnp.ndarray, patch_size: int, grid: tuple[int, int],
+               channels: int) -> jnp.ndarray:
+    """Inverse of :func:`patchify`: ``[B, gh*gw, p*p*C] -> [B, gh*p, gw*p, C]``."""
+    b, n, d = patches.shape
+    gh, gw = grid
+    p = patch_size
+    if n != gh * gw or d != p * p * channels:
+        raise ValueError(f"patches of shape {patches.shape} do not match grid={grid}, "
+                         f"patch_size={p}, channels={channels}")
+    x = patches.reshape(b, gh, gw, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, gh * p, gw * p, channels)
+
+
+def _sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_2d_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = False) -> np.ndarray:
+    """Fixed 2-D sin-cos position embedding ``[gh*gw (+1), dim]`` as in MAE / MoCo v3.
+
+    The first ``dim/2`` channels encode the column (w) coordinate and the last ``dim/2`` the
+    row (h) coordinate, each as ``[sin(pos*omega), cos(pos*omega)]`` with
+    ``omega_k = 1 / 10000^(k / (dim/4))``. With ``cls_token`` a zero row is prepended.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs dim % 4 == 0, got dim={dim}")
+    gh, gw = grid
+    ww, hh = np.meshgrid(np.arange(gw, dtype=np.float64), np.arange(gh, dtype=np.float64))
+    emb = np.concatenate([_sincos_1d(dim // 2, ww), _sincos_1d(dim // 2, hh)], axis=1)
+    if cls_token:
+        emb = np.concatenate([np.zeros((1, dim)), emb], axis=0)
+    return emb.astype(np.float32)
+
+
+def take_tokens(x: jnp.ndarray, ids: jnp.ndarray) -> jnp.ndarray:
+    """Per-sample gather along the token axis: ``x[b, ids[b, k]]`` -> ``[B, K, D]``."""
+    return jnp.take_along_axis(x, ids[..., None].astype(jnp.int32), axis=1)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): drop the whole residual branch per sample."""
+
+    rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, deterministic: bool) -> jnp.ndarray:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+        return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Dropout -> Linear -> Dropout."""
+
+    hidden_dim: int
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, deterministic: bool) -> jnp.ndarray:
+        d = x.shape[-1]
+        x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=_DENSE_INIT, name="fc1")(x)
+        x = nn.gelu(x, approximate=False)
+        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        x = nn.Dense(d, dtype=self.dtype, kernel_init=_DENSE_INIT, name="fc2")(x)
+        return nn.Dropout(self.dropout)(x, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + MHSA(LN(x))``, then ``x + MLP(LN(x))``."""
+
+    num_heads: int
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+        det = not train
+        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attn_dropout,
+            kernel_init=_DENSE_INIT, force_fp32_for_softmax=True, name="attn")(
+                y, y, deterministic=det)
+        y = nn.Dropout(self.dropout)(y, deterministic=det)
+        x = x + DropPath(self.drop_path)(y, deterministic=det)
+        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
+        y = Mlp(int(x.shape[-1] * self.mlp_ratio), self.dropout, self.dtype, name="mlp")(
+            y, deterministic=det)
+        return x + DropPath(self.drop_path)(y, deterministic=det)
+
+
+class ViT(nn.Module):
+    """ViT encoder.
+
+    Attributes:
+      patch_size, dim, depth, num_heads, mlp_ratio: architecture.
+      pool: ``"cls"`` (cls token output), ``"mean"`` (mean of patch tokens) or ``"none"``
+        (``__call__`` returns the token sequence ``[B, (1+)K, dim]``).
+      use_cls: prepend a learned cls token (required by ``pool="cls"``).
+      pos_embed: ``"sincos"`` (fixed, MAE/MoCo v3) or ``"learned"`` (trunc-normal 0.02).
+      dropout, attn_dropout, drop_path_rate: regularisation (stochastic depth increases
+        linearly from 0 to ``drop_path_rate`` over the blocks).
+      dtype: computation dtype (params stay float32).
+    """
+
+    patch_size: int = 16
+    dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    pool: str = "cls"
+    use_cls: bool = True
+    pos_embed: str = "sincos"
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    def _check(self, images: jnp.ndarray) -> None:
+        if self.pool not in ("cls", "mean", "none"):
+            raise ValueError(f"pool={self.pool!r}: use 'cls', 'mean' or 'none'")
+        if self.pool == "cls" and not self.use_cls:
+            raise ValueError("pool='cls' needs use_cls=True; set pool='mean' to drop the token")
+        if self.pos_embed not in ("sincos", "learned"):
+            raise ValueError(f"pos_embed={self.pos_embed!r}: use 'sincos' or 'learned'")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim={self.dim} is not divisible by num_heads={self.num_heads}")
+        if images.ndim != 4:
+            raise ValueError(f"images of shape {images.shape}: expected NHWC [B, H, W, C]")
+
+    @nn.compact
+    def __call__(self, images: jnp.ndarray, *, keep_ids: jnp.ndarray | None = None,
+                 train: bool = False) -> jnp.ndarray:
+        """Encode ``images [B, H, W, C]``.
+
+        Args:
+          keep_ids: optional int ``[B, K]`` indices (raster order) of the patch tokens to
+            encode; positions are added before the subset is taken.
+          train: enables dropout / stochastic depth (``"dropout"`` RNG).
+
+        Returns:
+          ``[B, dim]`` for ``pool="cls"|"mean"``; for ``pool="none"`` the normalised token
+          sequence ``[B, (1 if use_cls) + K, dim]`` (cls first).
+        """
+        self._check(images)
+        p = self.patch_size
+        gh, gw = images.shape[1] // p, images.shape[2] // p
+        if images.shape[1] % p or images.shape[2] % p:
+            raise ValueError(f"image size {images.shape[1:3]} is not divisible by "
+                             f"patch_size={p}")
+        x = nn.Conv(self.dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                    kernel_init=_DENSE_INIT, name="patch_embed")(images.astype(self.dtype))
+        x = x.reshape(x.shape[0], gh * gw, self.dim)
+        if self.pos_embed == "sincos":
+            pos = jnp.asarray(sincos_2d_pos_embed(self.dim, (gh, gw)))[None]
+        else:
+            if self.has_variable("params", "pos_embed"):
+                n_pos = self.get_variable("params", "pos_embed").shape[1]
+                if n_pos != gh * gw:
+                    raise ValueError(f"learned pos_embed holds {n_pos} positions but the "
+                                     f"images give {gh * gw} patches; use the training size")
+            pos = self.param("pos_embed", nn.initializers.truncated_normal(0.02),
+                             (1, gh * gw, self.dim))
+        x = x + pos.astype(self.dtype)
+        if keep_ids is not None:
+            x = take_tokens(x, keep_ids)
+        if self.use_cls:
+            cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.dim))
+            x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.dim)).astype(
+                self.dtype), x], axis=1)
+        x = nn.Dropout(self.dropout)(x, deterministic=not train)
+        for i in range(self.depth):
+            dp = self.drop_path_rate * i / max(self.depth - 1, 1)
+            x = Block(self.num_heads, self.mlp_ratio, self.dropout, self.attn_dropout, dp,
+                      self.dtype, name=f"block{i}")(x, train=train)
+        x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
+        self.sow("intermediates", "tokens", x)
+        if self.pool == "cls":
+            return x[:, 0]
+        if self.pool == "mean":
+            patches = x[:, 1:] if self.use_cls else x
+            return jnp.mean(patches.astype(jnp.float32), axis=1).astype(self.dtype)
+        return x
+
+
+def vit(name: str = "b16", **overrides: Any) -> ViT:
+    """Build a preset ViT: ``"tiny"`` (dim 32, depth 2, 2 heads, patch 4), ``"ti16"``,
+    ``"s16"``, ``"b16"``, ``"l16"``; ``overrides`` (e.g. ``patch_size=4``) set any attribute."""
+    if name not in PRESETS:
+        raise ValueError(f"vit preset {name!r} unknown; choose one of {sorted(PRESETS)}")
+    return ViT(**{**PRESETS[name], **overrides})

@@ -1,0 +1,228 @@
+"""ViT and MAE: layout helpers, sin-cos positions, token subsets, masking, dtypes, grads."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jssl.models.mae import mae, random_masking
+from jssl.models.vit import DropPath, patchify, sincos_2d_pos_embed, unpatchify, vit
+
+
+# XLA:CPU compiles threefry slowly; the RBG generator keeps init cheap in tests.
+def _key(seed=0):
+    return jax.random.key(seed, impl="unsafe_rbg")
+
+
+def _images(shape, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+@pytest.fixture(scope="module")
+def vit_tiny():
+    x = _images((4, 16, 16, 3))
+    model = vit("tiny")
+    return jax.jit(lambda x: model.init(_key(), x))(x), x
+
+
+@pytest.fixture(scope="module")
+def mae_tiny():
+    x = _images((2, 16, 16, 3), seed=1)
+    model = mae("tiny")
+    return jax.jit(lambda x: model.init({"params": _key(), "masking": _key(1)}, x))(x), x
+
+
+def test_patchify_unpatchify_round_trip_and_layout():
+    x = _images((2, 12, 8, 3))
+    p = patchify(x, 4)
+    assert p.shape == (2, 6, 48)
+    xn = np.asarray(x)
+    # patch (row 1, col 1) is raster index 1*2+1 = 3; pixels flattened as (p, p, C)
+    np.testing.assert_array_equal(np.asarray(p[1, 3]), xn[1, 4:8, 4:8, :].reshape(-1))
+    np.testing.assert_array_equal(np.asarray(unpatchify(p, 4, (3, 2), 3)), xn)
+    with pytest.raises(ValueError, match="patch_size=5"):
+        patchify(x, 5)
+
+
+def test_sincos_matches_numpy_formula():
+    dim, gh, gw = 16, 3, 5
+    emb = sincos_2d_pos_embed(dim, (gh, gw), cls_token=True)
+    assert emb.shape == (1 + gh * gw, dim) and emb.dtype == np.float32
+    np.testing.assert_array_equal(emb[0], 0.0)
+    q = dim // 4
+    for i in range(gh):
+        for j in range(gw):
+            ref = np.zeros(dim)
+            for k in range(q):
+                omega = 1.0 / 10000 ** (k / q)
+                ref[k], ref[q + k] = math.sin(j * omega), math.cos(j * omega)  # column (w)
+                ref[2 * q + k], ref[3 * q + k] = math.sin(i * omega), math.cos(i * omega)
+            np.testing.assert_allclose(emb[1 + i * gw + j], ref, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="dim=6"):
+        sincos_2d_pos_embed(6, (2, 2))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_vit_shapes_and_dtypes(vit_tiny, dtype):
+    variables, x = vit_tiny
+    for leaf in jax.tree.leaves(variables):
+        assert leaf.dtype == jnp.float32
+    outs = {}
+    for pool in ("cls", "mean", "none"):
+        model = vit("tiny", pool=pool, dtype=dtype)
+        outs[pool] = jax.jit(lambda v, x, m=model: m.apply(v, x))(variables, x)
+        assert outs[pool].dtype == dtype
+    assert outs["cls"].shape == (4, 32) and outs["mean"].shape == (4, 32)
+    assert outs["none"].shape == (4, 1 + 16, 32)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=5e-2, atol=5e-2)
+    tokens = np.asarray(outs["none"], np.float32)
+    np.testing.assert_allclose(np.asarray(outs["cls"], np.float32), tokens[:, 0], **tol)
+    np.testing.assert_allclose(np.asarray(outs["mean"], np.float32),
+                               tokens[:, 1:].mean(axis=1), **tol)
+
+
+def test_vit_keep_ids_is_permutation_equivariant(vit_tiny):
+    """Positions are added before the subset is taken and attention is permutation
+    equivariant, so encoding patches in a permuted order permutes the output tokens, and a
+    subset's tokens differ from the full sequence's (they attend to fewer tokens)."""
+    variables, x = vit_tiny
+    model = vit("tiny", pool="none")
+    full = jax.jit(lambda v, x: model.apply(v, x))(variables, x)
+    perm = np.stack([np.random.default_rng(i).permutation(16) for i in range(4)])
+    f = jax.jit(lambda v, x, ids: model.apply(v, x, keep_ids=ids))
+    permuted = f(variables, x, jnp.asarray(perm))
+    np.testing.assert_allclose(permuted[:, 0], full[:, 0], rtol=1e-4, atol=1e-5)
+    ref = np.take_along_axis(np.asarray(full[:, 1:]), perm[..., None], axis=1)
+    np.testing.assert_allclose(np.asarray(permuted[:, 1:]), ref, rtol=1e-4, atol=1e-5)
+    subset = f(variables, x, jnp.asarray(perm[:, :4]))
+    assert subset.shape == (4, 5, 32)
+    assert not np.allclose(np.asarray(subset[:, 1:]), ref[:, :4], atol=1e-3)
+
+
+def test_vit_learned_positions_and_train_grads():
+    model = vit("tiny", pos_embed="learned", pool="mean", dropout=0.1, drop_path_rate=0.2)
+    x = _images((2, 8, 8, 1))
+    variables = jax.jit(lambda x: model.init(_key(), x))(x)
+    assert variables["params"]["pos_embed"].shape == (1, 4, 32)
+
+    @jax.jit
+    def grads(params):
+        def loss(p):
+            out = model.apply({"params": p}, x, train=True, rngs={"dropout": _key(5)})
+            return jnp.mean(out ** 2)
+        return jax.value_and_grad(loss)(params)
+
+    value, g = grads(variables["params"])
+    assert np.isfinite(value) and value > 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(g):
+        if "cls_token" in str(path):  # pool='mean' ignores the cls output
+            continue
+        assert np.all(np.isfinite(leaf)) and np.any(np.asarray(leaf) != 0), path
+    with pytest.raises(ValueError, match="learned pos_embed holds 4"):
+        model.apply(variables, _images((2, 12, 12, 1)))
+
+
+def test_drop_path_statistics():
+    rate, n = 0.25, 4000
+    x = jnp.ones((n, 3, 2))
+    y = np.asarray(DropPath(rate).apply({}, x, deterministic=False, rngs={"dropout": _key(3)}))
+    dropped = np.all(y == 0, axis=(1, 2))
+    assert np.all(y[~dropped] == pytest.approx(1 / (1 - rate)))
+    # binomial(4000, 0.25): std of the fraction ~0.0068; 5 sigma bound
+    assert abs(dropped.mean() - rate) < 0.035
+    assert abs(y.mean() - 1.0) < 0.05
+    np.testing.assert_array_equal(DropPath(rate).apply({}, x, deterministic=True), x)
+
+
+@pytest.mark.parametrize("kw,match", [(dict(pool="max"), "pool='max'"),
+                                      (dict(pool="cls", use_cls=False), "use_cls=True"),
+                                      (dict(pos_embed="rope"), "pos_embed='rope'"),
+                                      (dict(num_heads=3), "num_heads=3")])
+def test_vit_bad_config(kw, match):
+    with pytest.raises(ValueError, match=match):
+        jax.eval_shape(lambda: vit("tiny", **kw).init(_key(), jnp.zeros((1, 8, 8, 3))))
+
+
+def test_random_masking_convention():
+    ids_keep, ids_restore, mask = random_masking(_key(2), 3, 16, 0.75)
+    assert ids_keep.shape == (3, 4) and ids_restore.shape == (3, 16)
+    for b in range(3):
+        kept = np.asarray(ids_keep[b])
+        assert len(set(kept.tolist())) == 4
+        np.testing.assert_array_equal(np.asarray(mask[b])[kept], 0.0)
+        assert np.asarray(mask[b]).sum() == 12
+        # ids_restore inverts the shuffle: the shuffled order re-indexed gives 0..L-1
+        shuffle = np.argsort(np.asarray(ids_restore[b]))
+        np.testing.assert_array_equal(shuffle[:4], kept)
+        np.testing.assert_array_equal(shuffle[np.asarray(ids_restore[b])], np.arange(16))
+    with pytest.raises(ValueError, match="mask_ratio=1.0"):
+        random_masking(_key(), 1, 16, 1.0)
+
+
+def test_mae_shapes_and_encoder_sees_visible_patches_only(mae_tiny):
+    variables, x = mae_tiny
+    model = mae("tiny")
+    out, inter = jax.jit(lambda v, x: model.apply(v, x, rngs={"masking": _key(7)},
+                                                  mutable=["intermediates"]))(variables, x)
+    num_patches, len_keep = 16, int(16 * (1 - 0.75))
+    assert out.pred.shape == (2, num_patches, 48) and out.pred.dtype == jnp.float32
+    assert out.mask.shape == (2, num_patches)
+    np.testing.assert_array_equal(np.asarray(out.mask).sum(axis=1), num_patches - len_keep)
+    np.testing.assert_array_equal(np.asarray(out.target), np.asarray(patchify(x, 4)))
+    # the encoder ran on len_keep + 1 tokens (visible + cls): MAE's 4x shorter sequence
+    assert out.latent.shape == (2, len_keep + 1, 32)
+    (sown,) = inter["intermediates"]["encoder"]["tokens"]
+    assert sown.shape == (2, len_keep + 1, 32)
+    # the sampled ids, passed explicitly, reproduce mask, latent and prediction
+    ids_restore = out.ids_restore
+    ids_keep = jnp.argsort(ids_restore, axis=1)[:, :len_keep]
+    mask = (np.asarray(ids_restore) >= len_keep).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(out.mask), mask)
+    explicit = jax.jit(lambda v, x, k, r: model.apply(v, x, ids_keep=k, ids_restore=r))(
+        variables, x, ids_keep, ids_restore)
+    np.testing.assert_array_equal(np.asarray(explicit.mask), np.asarray(mask))
+    np.testing.assert_allclose(explicit.pred, out.pred, rtol=1e-5, atol=1e-6)
+    # the latent is the ViT encoder on the kept patches
+    enc = vit("tiny", pool="none")
+    lat = jax.jit(lambda p, x, k: enc.apply({"params": p}, x, keep_ids=k))(
+        variables["params"]["encoder"], x, ids_keep)
+    np.testing.assert_allclose(lat, out.latent, rtol=1e-5, atol=1e-5)
+
+
+def test_mae_jit_grads_and_bfloat16(mae_tiny):
+    variables, x = mae_tiny
+    model = mae("tiny", dtype=jnp.bfloat16)
+
+    @jax.jit
+    def step(params):
+        def loss(p):
+            o = model.apply({"params": p}, x, rngs={"masking": _key(3)})
+            per_patch = jnp.mean((o.pred - o.target) ** 2, axis=-1)
+            return jnp.sum(per_patch * o.mask) / jnp.sum(o.mask), o
+        return jax.value_and_grad(loss, has_aux=True)(params)
+
+    (value, o), grads = step(variables["params"])
+    assert o.pred.dtype == jnp.float32 and o.latent.dtype == jnp.bfloat16
+    assert np.isfinite(value) and value > 0
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert g.dtype == jnp.float32, path
+        assert np.all(np.isfinite(g)) and np.any(np.asarray(g) != 0), path
+
+
+def test_mae_presets_and_errors():
+    model = mae("vit_b16")
+    assert (model.dim, model.depth, model.decoder_dim, model.decoder_depth,
+            model.decoder_heads) == (768, 12, 512, 8, 16)
+    x = jnp.zeros((1, 224, 224, 3))
+    shapes = jax.eval_shape(lambda: model.init({"params": _key(), "masking": _key()}, x))
+    out = jax.eval_shape(lambda v: model.apply(v, x, rngs={"masking": _key()}), shapes)
+    assert out.latent.shape == (1, 49 + 1, 768) and out.pred.shape == (1, 196, 768)
+    with pytest.raises(ValueError, match="together"):
+        jax.eval_shape(lambda: mae("tiny").init(_key(), jnp.zeros((1, 16, 16, 3)),
+                                                ids_keep=jnp.zeros((1, 4), jnp.int32)))
+    with pytest.raises(ValueError, match="channels"):
+        jax.eval_shape(lambda: mae("tiny").init({"params": _key(), "masking": _key()},
+                                                jnp.zeros((1, 16, 16, 1))))
