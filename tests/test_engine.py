@@ -74,6 +74,8 @@ def test_tiny_preset_trains_and_evaluates_through_main(tmp_path, data_root):
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [2, 4]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["method"] == "simclr"
+    for png in ("curves.png", "embedding.png"):
+        assert (tmp_path / "run" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_resume_after_kill_is_bitwise_exact(tmp_path, data_root):

@@ -3,7 +3,9 @@
 Evaluation protocols (config.eval): weighted kNN (k in ``knn_k``, T = 0.07) and
 linear probes with the label fractions in ``label_fractions``, on features of
 the test split against the train split. Results go to ``workdir/results.json``
-and a printed table that names the protocol of every number.
+and a printed table that names the protocol of every number. PNG plots of the
+training curves (``curves.png``) and of a 2-D PCA of the test features coloured
+by class (``embedding.png``) are written beside them.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from jssl.evaluate.features import extract_features
 from jssl.evaluate.knn import knn_accuracy
 from jssl.evaluate.linear import linear_probe
 from jssl.train.loop import train
+from jssl.train.plots import plot_curves, plot_embedding_2d
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,9 @@ def evaluate(config: Any, state, method, workdir: Path) -> list[dict]:
     f_train = extract_features(method, variables, state.extra, train_x, method.mesh)
     f_test = extract_features(method, variables, state.extra, test_x, method.mesh)
     log.info("features %s in %.1f s", f_train.shape, time.perf_counter() - t0)
+    if jax.process_index() == 0:
+        plot_embedding_2d(f_test, test_y, workdir / "embedding.png",
+                          title=f"{config.method}: test features (PCA)")
     results = []
     for k in ev.knn_k:
         acc = knn_accuracy(f_train, train_y, f_test, test_y, num_classes=ev.num_classes, k=k,
@@ -74,6 +80,7 @@ def run(config: Any, workdir: str | os.PathLike, mode: str = "train_eval") -> di
         summary["total_wall_s"] = time.perf_counter() - t0
     if jax.process_index() == 0:
         Path(workdir, "results.json").write_text(json.dumps(summary, indent=1))
+        plot_curves(Path(workdir, "metrics.jsonl"), Path(workdir, "curves.png"))
         print(format_results(summary))
     return summary
 
