@@ -48,7 +48,27 @@ def ring_loss(r: dict) -> str:
     return "\n".join(rows)
 
 
-RENDERERS: dict[str, Callable[[dict], str]] = {"ring_loss": ring_loss}
+def augment(r: dict) -> str:
+    rows = [
+        f"Measured by `{r['command']}` on {r['cpu']}, {r['nproc']} cores, {r['backend']}, "
+        f"jax {r['jax']}, {r['date_utc'][:16].replace('T', ' ')} UTC (1-minute load average "
+        f"{r['load_avg_1m_at_end']} at the end). Two views per image, median and minimum of "
+        f"{r['results'][0]['repeats']} timed calls after a warm-up.",
+        "",
+        "| recipe | input | batch | images/s | views/s | median per batch | min per batch "
+        "| compile |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for x in r["results"]:
+        rows.append(
+            f"| {x['recipe']} | {x['size']}×{x['size']}×{x['channels']} → {x['out_size']} | "
+            f"{x['batch']} | {x['images_per_s']:,.0f} | {x['views_per_s']:,.0f} | "
+            f"{x['median_s'] * 1e3:.1f} ms | {x['min_s'] * 1e3:.1f} ms | {x['compile_s']:.1f} s |"
+        )
+    return "\n".join(rows)
+
+
+RENDERERS: dict[str, Callable[[dict], str]] = {"ring_loss": ring_loss, "augment": augment}
 
 
 def render(doc: Path) -> bool:
@@ -56,10 +76,11 @@ def render(doc: Path) -> bool:
     changed = text
     for name, fn in RENDERERS.items():
         src = ROOT / "bench" / f"{name}.json"
-        pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(\n<!-- /table:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- table:{name} -->\n)(?:.*?\n)?(<!-- /table:{name} -->)",
+                             re.S)
         if src.exists() and pattern.search(changed):
             table = fn(json.loads(src.read_text()))
-            changed = pattern.sub(lambda m, t=table: m.group(1) + t + m.group(2), changed)
+            changed = pattern.sub(lambda m, t=table: m.group(1) + t + "\n" + m.group(2), changed)
     if changed != text:
         doc.write_text(changed)
     return changed != text
