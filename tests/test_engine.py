@@ -110,28 +110,47 @@ def test_resume_after_kill_is_bitwise_exact(tmp_path, data_root):
     assert a.data_state is not None and a.data_state == b.data_state
 
 
-def _one_step(config, devices, batch):
+def _build(config, devices, batch):
     config = config.copy_and_resolve_references()
     mesh = make_mesh(config, devices=devices)
     method = get_method(config.method)(config, mesh)
     tx, _, _ = make_optimizer(config.optim, global_batch=config.train.batch_size,
                               total_steps=config.train.steps)
     state, shardings = create_state(method, tx, jax.random.key(0), batch, mesh)
-    step = make_train_step(method, tx, mesh, shardings)
-    state, metrics = step(state, batch)
-    return jax.device_get(state.params), float(metrics["loss"])
+    return state, make_train_step(method, tx, mesh, shardings)
+
+
+def _one_step(config, devices, batch, inputs=None):
+    """(params after one step, loss, prepared inputs); ``inputs`` overrides ``prepare``."""
+    state, step = _build(config, devices, batch)
+    prepared = step.prepare(state.rng, state.step, batch)
+    if inputs is not None:
+        prepared = jax.tree.map(lambda x, y: jax.device_put(y, x.sharding), prepared, inputs)
+    new, metrics = step.update(state, prepared)
+    return jax.device_get(new.params), float(metrics["loss"]), jax.device_get(prepared)
 
 
 def test_one_simclr_step_is_the_same_on_1_and_8_devices(tmp_path):
+    """Views made on 8 devices equal those made on 1 (to the last float bit), and on the
+    same inputs one optimizer step gives the same params on 1 and 8 devices."""
     config = tiny_config(tmp_path)
+    config.optim.warmup_steps = 0  # a warm-up would make the first step's lr 0
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 256, (16, 28, 28, 1), dtype=np.uint8),
              "label": np.arange(16, dtype=np.int32) % 10}
-    p1, l1 = _one_step(config, jax.devices()[:1], batch)
-    p8, l8 = _one_step(config, jax.devices(), batch)
+    p1, l1, inputs1 = _one_step(config, jax.devices()[:1], batch)
+    p8, l8, inputs8 = _one_step(config, jax.devices(), batch, inputs=inputs1)
+    _, _, views8 = _one_step(config, jax.devices(), batch)
+    np.testing.assert_allclose(views8["views"], inputs1["views"], rtol=0, atol=1e-6)
     np.testing.assert_allclose(l8, l1, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8), strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(p1)[0], jax.tree.leaves(p8),
+                            strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+    # The step must have changed the params, or the comparison above says nothing.
+    p0 = jax.device_get(_build(config, jax.devices()[:1], batch)[0].params)
+    moved = [float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(p0),
+                                                          jax.tree.leaves(p1), strict=True)]
+    assert max(moved) > 1e-4, moved
 
 
 PRESETS = [(p, name) for p in EXPERIMENTS for name in load_experiment(p).PRESETS]
@@ -154,7 +173,8 @@ def test_every_preset_builds_and_traces_on_8_devices(path, preset):
     def init_and_step(key, batch):
         variables, extra = method.init(key, batch)
         params = variables.pop("params")
-        loss, _ = method.loss(params, variables, extra, batch, key, jnp.int32(0))
+        inputs = method.prepare(batch, key)
+        loss, _ = method.loss(params, variables, extra, inputs, key, jnp.int32(0))
         return loss, tx.init(params)
 
     loss, _ = jax.eval_shape(init_and_step, jax.random.key(0), batch)

@@ -5,6 +5,15 @@ it trains, how it makes views or masks, its loss, and its extra state (EMA
 teacher, queue, center) with the update rule. The trainer owns everything else:
 mesh, optimizer, checkpoints, logging, evaluation.
 
+A step has two parts. ``prepare(batch, key)`` makes the model inputs that need
+no gradient (views, masks, pretext inputs); ``loss`` differentiates the
+networks on them. The trainer compiles them as two jitted programs on the
+mesh, so prepared inputs stay on the device, and a test can feed the same
+inputs to a 1-device and an N-device update: augmentations computed on
+different meshes agree only to the last float bit (reductions are partitioned
+differently), and an untrained network's gradient can be very sensitive to
+such one-ulp differences.
+
 Arrays the trainer hands a method are *global* (GSPMD-sharded over the batch
 axes of the mesh); a loss that compares examples across the batch runs through
 ``self.shard(loss_fn, ...)``, i.e. ``jax.shard_map`` over the batch axes with
@@ -66,10 +75,18 @@ class Method(abc.ABC):
         (``batch_stats``) are model state; ``extra`` is the method's own state
         (teacher params, queue, center) — an empty dict if none."""
 
+    def prepare(self, batch: dict[str, jax.Array], key: jax.Array) -> dict[str, jax.Array]:
+        """Model inputs made from the global batch without gradient: views, masks ...
+
+        Every output leaf has the batch (or a multiple of it) as its leading axis.
+        ``key`` is the step's key, the same one ``loss`` receives. Default: the batch.
+        """
+        return batch
+
     @abc.abstractmethod
     def loss(self, params: Any, variables: Variables, extra: Any, batch: dict[str, jax.Array],
              key: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Metrics, Variables]]:
-        """(loss, (metrics, new non-param variables)) for one global batch."""
+        """(loss, (metrics, new non-param variables)) on the prepared inputs ``batch``."""
 
     def update_extra(self, params: Any, extra: Any, step: jax.Array) -> Any:
         """The extra state after an optimizer step (EMA, queue ...). Default: unchanged."""

@@ -63,11 +63,13 @@ class SimCLR(Method):
         views = jnp.zeros((2, self.out_size, self.out_size, batch["image"].shape[-1]))
         return dict(self.net.init(key, views, train=True)), {}
 
-    def loss(self, params, variables, extra, batch, key, step):
+    def prepare(self, batch, key):
         v1, v2 = simclr_views(key, self.images(batch), self.out_size, params=self.view_params)
-        (_, z), new_vars = self.net.apply({**variables, "params": params},
-                                          jnp.concatenate([v1, v2]), train=True,
-                                          mutable=["batch_stats"])
+        return {"views": jnp.concatenate([v1, v2])}
+
+    def loss(self, params, variables, extra, batch, key, step):
+        (_, z), new_vars = self.net.apply({**variables, "params": params}, batch["views"],
+                                          train=True, mutable=["batch_stats"])
         z1, z2 = jnp.split(z, 2)
         loss = self.nt_xent(z1, z2)
         return loss, ({"z_std": jnp.mean(jnp.std(z1, axis=0))}, dict(new_vars))

@@ -64,24 +64,44 @@ def create_state(method: Method, tx: optax.GradientTransformation, key: jax.Arra
 
 def make_train_step(method: Method, tx: optax.GradientTransformation, mesh: Mesh,
                     shardings: TrainState):
-    """One optimizer step on a global batch: jit with explicit in/out shardings."""
+    """One optimizer step on a global batch: ``step(state, batch) -> (state, metrics)``.
 
-    def train_step(state: TrainState, batch: dict[str, jax.Array]):
-        key = jax.random.fold_in(state.rng, state.step)
+    Two jitted programs with explicit shardings: ``method.prepare`` (views, masks)
+    and the differentiated update, exposed as ``train_step.prepare(rng, step,
+    batch)`` and ``train_step.update(state, inputs)`` (see ``jssl.methods.base``).
+    """
+    rep = NamedSharding(mesh, P())
+    data = NamedSharding(mesh, batch_spec(mesh))
+
+    def step_key(rng, step):
+        return jax.random.fold_in(rng, step)
+
+    def prepare(rng, step, batch):
+        return method.prepare(batch, step_key(rng, step))
+
+    def update(state: TrainState, inputs: dict[str, jax.Array]):
+        key = step_key(state.rng, state.step)
 
         def loss_fn(params):
-            return method.loss(params, state.variables, state.extra, batch, key, state.step)
+            return method.loss(params, state.variables, state.extra, inputs, key, state.step)
 
         (loss, (metrics, variables)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         extra = method.update_extra(params, state.extra, state.step)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
         new = state.replace(step=state.step + 1, params=params, variables=variables,
                             opt_state=opt_state, extra=extra)
         return new, metrics
 
-    data = NamedSharding(mesh, batch_spec(mesh))
-    return jax.jit(train_step, in_shardings=(shardings, data),
-                   out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
+    prepare_fn = jax.jit(prepare, in_shardings=(rep, rep, data), out_shardings=data)
+    update_fn = jax.jit(update, in_shardings=(shardings, data), out_shardings=(shardings, rep),
+                        donate_argnums=0)
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        return update_fn(state, prepare_fn(state.rng, state.step, batch))
+
+    train_step.prepare = prepare_fn
+    train_step.update = update_fn
+    return train_step
