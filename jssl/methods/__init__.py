@@ -6,6 +6,8 @@ import importlib
 #: method name -> "module:Class"; modules are imported on demand.
 REGISTRY = {
     "simclr": "jssl.methods.simclr:SimCLR",
+    "byol": "jssl.methods.byol:BYOL",
+    "mocov2": "jssl.methods.mocov2:MoCoV2",
 }
 
 
