@@ -18,28 +18,13 @@ imagenet_r50   The paper's ImageNet recipe: ResNet-50, batch 4096, LARS lr 0.3×
 """
 import ml_collections
 
+from jssl import configs
+
 PRESETS = ("tiny", "fashion_mnist", "imagenet_r50")
 
 
 def base() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.method = "simclr"
-    c.name = "simclr"
-    c.seed = 0
-    c.mesh = ml_collections.ConfigDict({"data": -1})
-
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "fashion_mnist_local"
-    c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
-    c.data.idx_dir = "/usr/share/datasets/fashion-mnist"
-    c.data.train_split = "train"
-    c.data.test_split = "test"
-    c.data.in_memory = True
-    c.data.worker_count = 0
-
-    c.model = ml_collections.ConfigDict()
-    c.model.encoder = ml_collections.ConfigDict(
-        {"name": "resnet", "preset": "tiny", "stem": "cifar", "norm": "batch"})
+    c = configs.base("simclr")
     c.model.projector = ml_collections.ConfigDict(
         {"hidden_dim": 256, "out_dim": 64, "num_layers": 2, "use_bn": True, "last_bn": False})
 
@@ -48,16 +33,9 @@ def base() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict({"temperature": 0.2, "impl": "gather",
                                         "block_size": 1024})
 
-    c.train = ml_collections.ConfigDict(
-        {"batch_size": 256, "steps": 1000, "log_every": 50, "grad_accum_steps": 1})
     c.optim = ml_collections.ConfigDict(
         {"name": "lars", "base_lr": 0.3, "lr_scaling": "linear", "weight_decay": 1e-6,
          "momentum": 0.9, "schedule": "cosine", "warmup_steps": 50, "end_lr_factor": 0.0})
-    c.checkpoint = ml_collections.ConfigDict({"every": 500, "keep": 2, "async_save": True})
-
-    c.eval = ml_collections.ConfigDict(
-        {"num_classes": 10, "knn_k": (20, 200), "knn_temperature": 0.07,
-         "label_fractions": (1.0, 0.1, 0.01)})
     return c
 
 
@@ -65,26 +43,14 @@ def get_config(arg: str = "fashion_mnist") -> ml_collections.ConfigDict:
     c = base()
     c.name = f"simclr_{arg}"
     if arg == "tiny":
-        c.train.batch_size = 16
-        c.train.steps = 4
-        c.train.log_every = 2
+        configs.make_tiny(c)
         c.optim.warmup_steps = 1
         c.model.projector.hidden_dim = 32
         c.model.projector.out_dim = 16
-        c.checkpoint.every = 2
-        c.eval.knn_k = (5,)
-        c.eval.label_fractions = (1.0,)
     elif arg == "fashion_mnist":
         pass
     elif arg == "imagenet_r50":
-        c.data.name = "imagenet2012"
-        c.data.test_split = "validation"
-        c.data.in_memory = False
-        c.data.worker_count = 16
-        c.eval.num_classes = 1000
-        c.model.encoder = ml_collections.ConfigDict(
-            {"name": "resnet", "preset": "resnet50", "stem": "imagenet", "norm": "batch",
-             "dtype": "bfloat16"})
+        configs.use_imagenet(c)
         c.model.projector = ml_collections.ConfigDict(
             {"hidden_dim": 2048, "out_dim": 128, "num_layers": 2, "use_bn": True,
              "last_bn": False})

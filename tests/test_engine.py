@@ -111,18 +111,19 @@ def test_resume_after_kill_is_bitwise_exact(tmp_path, data_root):
 
 
 def _build(config, devices, batch):
+    """(initial state, train step, method) of ``config`` on a mesh over ``devices``."""
     config = config.copy_and_resolve_references()
     mesh = make_mesh(config, devices=devices)
     method = get_method(config.method)(config, mesh)
     tx, _, _ = make_optimizer(config.optim, global_batch=config.train.batch_size,
                               total_steps=config.train.steps)
     state, shardings = create_state(method, tx, jax.random.key(0), batch, mesh)
-    return state, make_train_step(method, tx, mesh, shardings)
+    return state, make_train_step(method, tx, mesh, shardings), method
 
 
 def _one_step(config, devices, batch, inputs=None):
     """(params after one step, loss, prepared inputs); ``inputs`` overrides ``prepare``."""
-    state, step = _build(config, devices, batch)
+    state, step, _ = _build(config, devices, batch)
     prepared = step.prepare(state.rng, state.step, batch)
     if inputs is not None:
         prepared = jax.tree.map(lambda x, y: jax.device_put(y, x.sharding), prepared, inputs)

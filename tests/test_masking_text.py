@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from stat_bounds import binomial_sigma, within
 
 from jssl import masking as m
 
@@ -19,14 +20,6 @@ KEY = jax.random.key(0)
 
 # Compiling dominates the run time, so tests share samples (module fixtures) and
 # configurations (the functions jit-compile once per hyperparameter set and shape).
-
-
-def within(value, expected, sigma, n_sigma=5.0):
-    assert abs(value - expected) <= n_sigma * sigma, (value, expected, sigma)
-
-
-def binomial_sigma(p, n):
-    return math.sqrt(p * (1 - p) / n)
 
 
 # ----------------------------------------------------------------------- BERT

@@ -8,14 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_engine import ROOT, load_experiment, tiny_config  # tests/ is on sys.path
+from test_engine import ROOT, _build, load_experiment, tiny_config  # tests/ is on sys.path
 
 from jssl.augment.recipes import mocov2_views
 from jssl.methods import get_method
 from jssl.methods.ema import cosine_tau, ema_update
 from jssl.train.mesh import make_mesh
-from jssl.train.optim import make_optimizer
-from jssl.train.state import create_state, make_train_step
 
 N = 16  # the tiny presets' global batch
 
@@ -35,14 +33,9 @@ def _host(state):
 
 def _run(config, devices, batch):
     """(state before, state after one step, loss, method) on ``devices``; states on host."""
-    config = config.copy_and_resolve_references()
-    mesh = make_mesh(config, devices=devices)
-    method = get_method(config.method)(config, mesh)
-    tx, _, _ = make_optimizer(config.optim, global_batch=config.train.batch_size,
-                              total_steps=config.train.steps)
-    state, shardings = create_state(method, tx, jax.random.key(0), batch, mesh)
+    state, step, method = _build(config, devices, batch)
     before = _host(state)  # the step donates the state's buffers
-    state, metrics = make_train_step(method, tx, mesh, shardings)(state, batch)
+    state, metrics = step(state, batch)
     return before, _host(state), float(metrics["loss"]), method
 
 

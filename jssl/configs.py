@@ -1,0 +1,58 @@
+"""Config sections every experiment shares (big_vision's ``configs/common.py`` idea).
+
+An ``experiments/<method>.py`` file builds on ``base(method)`` and sets only what
+its method adds (model heads, views, loss, optimizer); ``make_tiny`` and
+``use_imagenet`` are the shared parts of its ``tiny`` and paper-scale presets.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+IMAGENET_TRAIN = 1_281_167  # images in ImageNet-1k's train split
+
+
+def base(method: str) -> ml_collections.ConfigDict:
+    """Fashion-MNIST offline data, a tiny CIFAR-stem ResNet, 1000 steps of batch 256,
+    checkpoints every 500 steps, kNN (k = 20, 200) and linear probes (100/10/1 %)."""
+    c = ml_collections.ConfigDict()
+    c.method = method
+    c.name = method
+    c.seed = 0
+    c.mesh = ml_collections.ConfigDict({"data": -1})
+    c.data = ml_collections.ConfigDict({
+        "name": "fashion_mnist_local",
+        "data_dir": ml_collections.FieldReference(None, field_type=str),
+        "idx_dir": "/usr/share/datasets/fashion-mnist",
+        "train_split": "train", "test_split": "test", "in_memory": True, "worker_count": 0})
+    c.model = ml_collections.ConfigDict()
+    c.model.encoder = ml_collections.ConfigDict(
+        {"name": "resnet", "preset": "tiny", "stem": "cifar", "norm": "batch"})
+    c.train = ml_collections.ConfigDict(
+        {"batch_size": 256, "steps": 1000, "log_every": 50, "grad_accum_steps": 1})
+    c.checkpoint = ml_collections.ConfigDict({"every": 500, "keep": 2, "async_save": True})
+    c.eval = ml_collections.ConfigDict(
+        {"num_classes": 10, "knn_k": (20, 200), "knn_temperature": 0.07,
+         "label_fractions": (1.0, 0.1, 0.01)})
+    return c
+
+
+def make_tiny(c: ml_collections.ConfigDict) -> None:
+    """The CI smoke-test scale: 4 steps of batch 16, one kNN and one probe."""
+    c.train.batch_size = 16
+    c.train.steps = 4
+    c.train.log_every = 2
+    c.checkpoint.every = 2
+    c.eval.knn_k = (5,)
+    c.eval.label_fractions = (1.0,)
+
+
+def use_imagenet(c: ml_collections.ConfigDict) -> None:
+    """ImageNet-1k through TFDS (array_record) with a bfloat16 ResNet-50."""
+    c.data.name = "imagenet2012"
+    c.data.test_split = "validation"
+    c.data.in_memory = False
+    c.data.worker_count = 16
+    c.eval.num_classes = 1000
+    c.model.encoder = ml_collections.ConfigDict(
+        {"name": "resnet", "preset": "resnet50", "stem": "imagenet", "norm": "batch",
+         "dtype": "bfloat16"})
