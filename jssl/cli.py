@@ -1,19 +1,56 @@
-"""The `jssl` console script: `jssl demo` (more subcommands come with the trainer)."""
+"""The `jssl` console script.
+
+    jssl train --config=experiments/simclr.py:fashion_mnist --workdir=runs/simclr [--config.x=..]
+    jssl eval  --config=experiments/simclr.py:fashion_mnist --workdir=runs/simclr
+    jssl results [--add WORKDIR] [--runs docs/results] [--check]
+    jssl demo
+
+``train`` trains (resuming from the workdir's checkpoint if any) and then evaluates;
+``eval`` evaluates the workdir's newest checkpoint without training. Both take every flag
+of ``python -m jssl.main`` (absl + ``ml_collections.config_flags``, multi-host flags too).
+``results`` regenerates ``docs/RESULTS.md`` and its plot from the recorded runs.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 
+_MODES = {"train": "train_eval", "eval": "eval"}
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jssl", description=__doc__)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="jssl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_ in (("train", "train a config, then evaluate it (flags of jssl.main)"),
+                        ("eval", "evaluate a workdir's newest checkpoint (flags of jssl.main)")):
+        sub.add_parser(name, help=help_, add_help=False)
+    res = sub.add_parser("results", help="regenerate docs/RESULTS.md from recorded runs")
+    res.add_argument("--runs", default=None, help="folder of recorded results JSON")
+    res.add_argument("--check", action="store_true", help="fail if RESULTS.md is stale")
+    res.add_argument("--add", action="append", default=[], metavar="WORKDIR",
+                     help="record a finished run's results.json first (repeatable)")
     sub.add_parser("demo", help="tour of the sharding-aware losses on 8 simulated CPU devices")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        from jssl import demo
+    args, rest = parser.parse_known_args(argv)
+    if args.command in _MODES:
+        if any(a == "--mode" or a.startswith("--mode=") for a in rest):
+            parser.error(f"`jssl {args.command}` sets --mode itself; drop --mode")
+        from absl import app
 
-        demo.main()
+        from jssl import main as jssl_main
+
+        app.run(jssl_main.main, argv=["jssl", *rest, f"--mode={_MODES[args.command]}"])
+        return 0
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "results":
+        from jssl.evaluate import results_doc
+
+        return results_doc.main(args.runs, check=args.check, add=args.add)
+    from jssl import demo
+
+    demo.main()
     return 0
 
 

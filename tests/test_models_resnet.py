@@ -164,3 +164,23 @@ def test_bad_preset_and_input_raise():
     with pytest.raises(ValueError, match="NHWC"):
         jax.eval_shape(lambda: resnet("tiny").init(_key(), jnp.zeros((8, 8, 3)),
                                                    train=False))
+
+
+def test_space_to_depth_stem_is_a_lossless_rearrangement_at_half_resolution():
+    from jssl.models.resnet import space_to_depth
+
+    x = np.arange(2 * 4 * 6 * 3, dtype=np.float32).reshape(2, 4, 6, 3)
+    y = np.asarray(space_to_depth(jnp.asarray(x), 2))
+    assert y.shape == (2, 2, 3, 12)
+    for i in range(2):
+        for j in range(3):  # pixel (i, j) holds the 2x2 block row-major, channels innermost
+            block = x[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2, :].reshape(2, 12)
+            np.testing.assert_array_equal(y[:, i, j], block)
+    model = resnet("tiny", stem="s2d", return_feature_map=True)
+    images = jnp.ones((2, 28, 28, 1))
+    variables = model.init(jax.random.key(0), images, train=False)
+    assert variables["params"]["stem_conv"]["kernel"].shape == (3, 3, 4, 8)
+    _, fmap = model.apply(variables, images, train=False)
+    assert fmap.shape == (2, 2, 2, 64)  # 14 -> 14 -> 7 -> 4 -> 2 instead of 28 -> ... -> 4
+    with pytest.raises(ValueError, match=r"stem='s2d' needs even image sides, got \(27, 27\)"):
+        model.init(jax.random.key(0), jnp.ones((2, 27, 27, 1)), train=False)

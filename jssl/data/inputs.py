@@ -20,6 +20,7 @@ import numpy as np
 from jssl.data import fashion_mnist
 from jssl.data.host_transforms import DecodeImage, decode_image
 from jssl.data.pipeline import ArraySource, make_loader, make_source
+from jssl.data.subset import labelled_subset
 
 
 def _field(cfg: Any, name: str, default: Any = None) -> Any:
@@ -68,6 +69,9 @@ def train_loader(config: Any, *, process_index: int | None = None,
                  process_count: int | None = None) -> grain.DataLoader:
     """Endless, seeded, per-process-sharded loader of uint8 training batches."""
     source = load_source(config.data, config.data.train_split)
+    # The label-efficiency protocol: supervised runs read a class-balanced labelled subset.
+    source = labelled_subset(source, float(_field(config.data, "label_fraction", 1.0)),
+                             config.seed)
     return make_loader(source, global_batch_size=config.train.batch_size, seed=config.seed,
                        shuffle=True, num_epochs=None, process_index=process_index,
                        process_count=process_count, transforms=(DecodeImage("uint8"),),

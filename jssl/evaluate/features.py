@@ -13,8 +13,11 @@ from jssl.train.mesh import batch_axes, num_batch_devices
 
 
 def extract_features(method: Any, variables: Any, extra: Any, images: np.ndarray, mesh: Mesh,
-                     batch_size: int = 1024) -> np.ndarray:
+                     batch_size: int = 1024, fn: str = "features") -> np.ndarray:
     """features [N, D] (float32) of uint8 or float images [N, H, W, C].
+
+    ``fn`` names the method's function of (variables, extra, images): ``"features"`` (frozen
+    representation) or ``"predict"`` (a supervised model's logits).
 
     The last batch is padded to the full batch size (padding rows are dropped), so
     one compiled program serves the whole split.
@@ -26,7 +29,7 @@ def extract_features(method: Any, variables: Any, extra: Any, images: np.ndarray
     @jax.jit
     def embed(variables, extra, x):
         x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
-        return method.features(variables, extra, x).astype(jnp.float32)
+        return getattr(method, fn)(variables, extra, x).astype(jnp.float32)
 
     out = []
     for start in range(0, len(images), batch_size):

@@ -8,6 +8,9 @@ REGISTRY = {
     "simclr": "jssl.methods.simclr:SimCLR",
     "byol": "jssl.methods.byol:BYOL",
     "mocov2": "jssl.methods.mocov2:MoCoV2",
+    "supervised": "jssl.methods.supervised:Supervised",
+    "mocov3": "jssl.methods.mocov3:MoCoV3",
+    "dino": "jssl.methods.dino:DINO",
 }
 
 

@@ -82,6 +82,23 @@ def sincos_2d_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = False
     return emb.astype(np.float32)
 
 
+def interpolate_pos_embed(pos: jnp.ndarray, grid: tuple[int, int]) -> jnp.ndarray:
+    """Learned positions ``[1, G*G, D]`` (a square grid) resized to ``grid`` -> ``[1, gh*gw, D]``.
+
+    Bicubic (Keys, a = -0.5) with half-pixel centres and no anti-aliasing, as DINO's
+    ``interpolate_pos_encoding`` (torch's bicubic uses a = -0.75): each output position is a
+    weighted sum of the 4x4 nearest stored positions.
+    """
+    n, d = pos.shape[1], pos.shape[2]
+    g = int(round(n ** 0.5))
+    if g * g != n:
+        raise ValueError(f"pos_embed holds {n} positions, not a square grid; interpolation "
+                         f"needs the model initialised on square images")
+    grid_pos = pos.reshape(g, g, d).astype(jnp.float32)
+    out = jax.image.resize(grid_pos, (*grid, d), method="bicubic", antialias=False)
+    return out.reshape(1, grid[0] * grid[1], d).astype(pos.dtype)
+
+
 def take_tokens(x: jnp.ndarray, ids: jnp.ndarray) -> jnp.ndarray:
     """Per-sample gather along the token axis: ``x[b, ids[b, k]]`` -> ``[B, K, D]``."""
     return jnp.take_along_axis(x, ids[..., None].astype(jnp.int32), axis=1)
@@ -154,6 +171,8 @@ class ViT(nn.Module):
         (``__call__`` returns the token sequence ``[B, (1+)K, dim]``).
       use_cls: prepend a learned cls token (required by ``pool="cls"``).
       pos_embed: ``"sincos"`` (fixed, MAE/MoCo v3) or ``"learned"`` (trunc-normal 0.02).
+      interpolate_pos: learned positions are stored for the init grid; images with another
+        grid get them bicubically resized (DINO's multi-crop); otherwise they are refused.
       dropout, attn_dropout, drop_path_rate: regularisation (stochastic depth increases
         linearly from 0 to ``drop_path_rate`` over the blocks).
       dtype: computation dtype (params stay float32).
@@ -170,6 +189,7 @@ class ViT(nn.Module):
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path_rate: float = 0.0
+    interpolate_pos: bool = False
     dtype: Dtype = jnp.float32
 
     def _check(self, images: jnp.ndarray) -> None:
@@ -210,13 +230,18 @@ class ViT(nn.Module):
         if self.pos_embed == "sincos":
             pos = jnp.asarray(sincos_2d_pos_embed(self.dim, (gh, gw)))[None]
         else:
+            pos = None
             if self.has_variable("params", "pos_embed"):
-                n_pos = self.get_variable("params", "pos_embed").shape[1]
-                if n_pos != gh * gw:
-                    raise ValueError(f"learned pos_embed holds {n_pos} positions but the "
-                                     f"images give {gh * gw} patches; use the training size")
-            pos = self.param("pos_embed", nn.initializers.truncated_normal(0.02),
-                             (1, gh * gw, self.dim))
+                pos = self.get_variable("params", "pos_embed")
+                if pos.shape[1] != gh * gw and not self.interpolate_pos:
+                    raise ValueError(f"learned pos_embed holds {pos.shape[1]} positions but the "
+                                     f"images give {gh * gw} patches; use the training size "
+                                     f"or set interpolate_pos=True")
+                if pos.shape[1] != gh * gw:
+                    pos = interpolate_pos_embed(pos, (gh, gw))
+            if pos is None:
+                pos = self.param("pos_embed", nn.initializers.truncated_normal(0.02),
+                                 (1, gh * gw, self.dim))
         x = x + pos.astype(self.dtype)
         if keep_ids is not None:
             x = take_tokens(x, keep_ids)

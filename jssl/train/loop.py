@@ -22,6 +22,7 @@ from jssl.train.checkpoint import Checkpointer, install_sigterm_handler
 from jssl.train.mesh import check_global_batch, make_mesh
 from jssl.train.metrics import MetricsWriter, ProgressBar, check_finite, write_config
 from jssl.train.optim import make_optimizer
+from jssl.train.pretrained import load_pretrained_encoder
 from jssl.train.state import TrainState, batch_spec, create_state, make_train_step
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,13 @@ def validate(config: Any, mesh) -> None:
         raise ValueError(f"config.train.steps={config.train.steps} must be > 0")
 
 
-def train(config: Any, workdir: str | os.PathLike) -> tuple[TrainState, Any]:
-    """Train (or resume) ``config`` in ``workdir``; returns (final state, method)."""
+def train(config: Any, workdir: str | os.PathLike, *,
+          restore_only: bool = False) -> tuple[TrainState, Any]:
+    """Train (or resume) ``config`` in ``workdir``; returns (final state, method).
+
+    ``restore_only``: load the newest checkpoint and return it without training (``jssl
+    eval``); a workdir without a checkpoint is an error.
+    """
     workdir = check_workdir(workdir)
     mesh = make_mesh(config)
     method = get_method(config.method)(config, mesh)
@@ -69,6 +75,8 @@ def train(config: Any, workdir: str | os.PathLike) -> tuple[TrainState, Any]:
     sample = {k: np.zeros((config.train.batch_size, *v.shape[1:]), v.dtype)
               for k, v in sample.items()}
     state, shardings = create_state(method, tx, jax.random.key(config.seed), sample, mesh)
+    if config.get("init_from"):  # fine-tuning: the encoder of another run
+        state = load_pretrained_encoder(state, config.init_from)
     step_fn = make_train_step(method, tx, mesh, shardings)
 
     ckpt_cfg = config.get("checkpoint", {})
@@ -79,6 +87,12 @@ def train(config: Any, workdir: str | os.PathLike) -> tuple[TrainState, Any]:
         state = restored.state
         log.info("resumed from step %d in %s", restored.step, workdir)
     start = int(jax.device_get(state.step))
+    if restore_only:
+        ckpt.close()
+        if restored is None:
+            raise FileNotFoundError(f"--workdir={str(workdir)!r} holds no checkpoint to evaluate; "
+                                    f"train first (jssl train / --mode=train_eval)")
+        return state, method
     preempted = install_sigterm_handler(checkpointer=ckpt)
     write_config(workdir, config)
     every = config.train.get("log_every", 50)

@@ -23,7 +23,9 @@ Fields of ``config.optim`` (defaults in brackets):
   same ``ndim <= 1`` params are also excluded from the trust-ratio adaptation.
 * ``momentum`` [0.9] / ``nesterov`` [False] for sgd; ``b1`` [0.9], ``b2``
   [0.999; MAE uses 0.95], ``eps`` [1e-8; lamb 1e-6] for adam, adamw and lamb.
-* ``clip_grad_norm`` [0 = off]: clip gradients to this global norm first.
+* ``clip_grad_norm`` [0 = off]: clip gradients to this global norm first;
+  ``clip_per_param`` [False]: clip each param's gradient to this norm separately
+  instead, ``g·min(1, c/(‖g‖ + 1e-6))`` (DINO's ``utils.clip_gradients``).
 * ``freeze_pattern`` [""] and ``freeze_steps`` [0]: params whose '/'-joined
   path matches the regex (``re.search``) get neither gradient nor update for the
   first ``freeze_steps`` steps (DINO freezes its last layer for an epoch).
@@ -94,6 +96,16 @@ def zero_updates_until(steps: int) -> optax.GradientTransformation:
         return updates, ZeroUntilState(count=optax.safe_increment(state.count))
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def clip_each_by_norm(max_norm: float) -> optax.GradientTransformation:
+    """Scale every leaf ``g`` by ``min(1, max_norm / (‖g‖ + 1e-6))`` (per-tensor clipping)."""
+
+    def one(g):
+        norm = jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))
+        return (g * jnp.minimum(1.0, max_norm / (norm + 1e-6))).astype(g.dtype)
+
+    return optax.stateless(lambda updates, params=None: jax.tree.map(one, updates))
 
 
 def _get(cfg: Any, name: str, default: Any) -> Any:
@@ -210,8 +222,9 @@ def make_optimizer(
                            optax.sgd(schedule, momentum=momentum or None, nesterov=nesterov))
 
     parts = []
+    per_param = bool(_get(config, "clip_per_param", False))
     if clip > 0:
-        parts.append(optax.clip_by_global_norm(clip))
+        parts.append(clip_each_by_norm(clip) if per_param else optax.clip_by_global_norm(clip))
     freezing = bool(freeze_pattern) and freeze_steps > 0
     if freezing:
         # Zero the gradient (no momentum/moment build-up) and the final update (no decay).
@@ -225,7 +238,8 @@ def make_optimizer(
         "optimizer": name, "base_lr": float(base_lr), "lr_scaling": scaling,
         "global_batch": global_batch, "peak_lr": peak, "end_lr": end, "schedule": kind,
         "warmup_steps": warmup, "total_steps": total_steps, "weight_decay": wd_value,
-        "weight_decay_end": wd_end, "clip_grad_norm": clip, "freeze_pattern": freeze_pattern,
+        "weight_decay_end": wd_end, "clip_grad_norm": clip, "clip_per_param": per_param,
+        "freeze_pattern": freeze_pattern,
         "freeze_steps": freeze_steps if freezing else 0,
     }
     return tx, schedule, info

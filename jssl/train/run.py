@@ -13,11 +13,13 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from jssl.data.inputs import eval_arrays
 from jssl.evaluate.features import extract_features
@@ -41,7 +43,31 @@ def hardware() -> str:
            f"{os.cpu_count()} cores"
 
 
-def evaluate(config: Any, state, method, workdir: Path) -> list[dict]:
+def command_line() -> str:
+    """This process's command line, as a user would type it (``python -m jssl.main ...``)."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(("jssl/main.py", "jssl" + os.sep + "main.py")):
+        argv[0:1] = ["python", "-m", "jssl.main"]
+    elif argv and os.path.basename(argv[0]) == "jssl":
+        argv[0] = "jssl"
+    return " ".join(argv)
+
+
+def backbone(config: Any) -> str:
+    """A short name of the encoder config, e.g. ``resnet tiny (s2d stem, widths 16-32-64-128)``."""
+    enc = dict(config.model.encoder)
+    name = f"{enc.pop('name', '?')} {enc.pop('preset', '')}".strip()
+    extras = []
+    if "stem" in enc:
+        extras.append(f"{enc.pop('stem')} stem")
+    if "widths" in enc:
+        extras.append("widths " + "-".join(str(w) for w in enc.pop("widths")))
+    extras += [f"{k} {v}" for k, v in sorted(enc.items()) if k not in ("norm", "dtype")]
+    return f"{name} ({', '.join(extras)})" if extras else name
+
+
+def evaluate(config: Any, state, method, workdir: Path) -> tuple[list[dict], int]:
+    """(results, number of train-split examples)."""
     ev = config.eval
     train_x, train_y = eval_arrays(config.data, config.data.train_split)
     test_x, test_y = eval_arrays(config.data, config.data.test_split)
@@ -54,29 +80,43 @@ def evaluate(config: Any, state, method, workdir: Path) -> list[dict]:
         plot_embedding_2d(f_test, test_y, workdir / "embedding.png",
                           title=f"{config.method}: test features (PCA)")
     results = []
+    if hasattr(method, "predict"):  # a supervised / fine-tuned model: its own classifier
+        logits = extract_features(method, variables, state.extra, test_x, method.mesh,
+                                  fn="predict")
+        frac = float(config.data.get("label_fraction", 1.0))
+        kind = "fine-tuned" if config.get("init_from") else "supervised from scratch"
+        results.append({"protocol": f"{kind} ({frac:.0%} labels)", "label_fraction": frac,
+                        "kind": "finetune" if config.get("init_from") else "scratch",
+                        "accuracy": float(np.mean(np.argmax(logits, -1) == test_y))})
     for k in ev.knn_k:
         acc = knn_accuracy(f_train, train_y, f_test, test_y, num_classes=ev.num_classes, k=k,
                            temperature=ev.knn_temperature)
-        results.append({"protocol": f"kNN (k={k}, T={ev.knn_temperature})",
-                        "label_fraction": 1.0, "accuracy": acc})
+        results.append({"protocol": f"kNN (k={k}, T={ev.knn_temperature})", "kind": "knn",
+                        "k": int(k), "label_fraction": 1.0, "accuracy": acc})
     for frac in ev.label_fractions:
         out = linear_probe(f_train, train_y, f_test, test_y, num_classes=ev.num_classes,
                            label_fraction=frac, seed=config.seed)
-        results.append({"protocol": f"linear probe ({frac:.0%} labels)", "label_fraction": frac,
+        results.append({"protocol": f"linear probe ({frac:.0%} labels)", "kind": "linear",
+                        "label_fraction": frac,
                         "accuracy": out["accuracy"], "weight_decay": out["weight_decay"]})
-    return results
+    return results, len(train_y)
 
 
 def run(config: Any, workdir: str | os.PathLike, mode: str = "train_eval") -> dict:
     t0 = time.perf_counter()
-    state, method = train(config, workdir)
+    state, method = train(config, workdir, restore_only=(mode == "eval"))
     train_time = time.perf_counter() - t0
     summary = {"method": config.method, "config": config.get("name", config.method),
+               "command": command_line(), "backbone": backbone(config),
+               "init_from": config.get("init_from"),
+               "label_fraction": float(config.data.get("label_fraction", 1.0)),
                "steps": int(config.train.steps), "batch_size": int(config.train.batch_size),
                "train_wall_s": train_time, "hardware": hardware(),
                "date": time.strftime("%Y-%m-%d"), "results": []}
     if mode in ("eval", "train_eval") and "eval" in config:
-        summary["results"] = evaluate(config, state, method, Path(workdir))
+        summary["results"], n_train = evaluate(config, state, method, Path(workdir))
+        summary["train_examples"] = round(n_train * summary["label_fraction"])
+        summary["epochs"] = summary["steps"] * summary["batch_size"] / summary["train_examples"]
         summary["total_wall_s"] = time.perf_counter() - t0
     if jax.process_index() == 0:
         Path(workdir, "results.json").write_text(json.dumps(summary, indent=1))

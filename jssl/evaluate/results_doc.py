@@ -1,0 +1,173 @@
+"""``docs/RESULTS.md`` and ``docs/label_efficiency.png``, generated from the runs' JSON.
+
+    jssl results --add runs/simclr_fmnist      # record a finished run (copies results.json)
+    jssl results                               # regenerate the tables and the plot
+    jssl results --check                       # exit 1 if RESULTS.md is stale
+
+Recorded runs live in ``docs/results/<config name>.json`` (each a run's ``results.json``,
+which carries its command, backbone, steps, wall time, hardware and date); the raw-pixel
+baselines come from ``bench/baselines.json`` (``python bench/baselines.py``). The tables sit
+between ``<!-- table:NAME -->`` markers in RESULTS.md; the prose around them is kept.
+Nothing in a table is typed by hand.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+RUNS = DOCS / "results"
+BASELINES = ROOT / "bench" / "baselines.json"
+FRACTIONS = (0.01, 0.1, 1.0)
+
+
+def load_runs(runs_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(runs_dir).glob("*.json"))]
+
+
+def load_baselines(path: Path = BASELINES) -> dict[tuple[str, float], float]:
+    """{("linear", fraction) | ("knn20", 1.0): accuracy} of the raw-pixel baselines."""
+    if not path.exists():
+        return {}
+    out = {}
+    for r in json.loads(path.read_text())["results"]:
+        if r["protocol"] == "linear":
+            out[("linear", float(r["label_fraction"]))] = r["value"]
+        elif r["protocol"] == "knn" and int(r["params"].get("k", 0)) == 20:
+            out[("knn20", 1.0)] = r["value"]
+    return out
+
+
+def _find(run: dict, kind: str, fraction: float = 1.0, k: int | None = None) -> float | None:
+    for r in run.get("results", []):
+        if r.get("kind") == kind and abs(r["label_fraction"] - fraction) < 1e-9 and (
+                k is None or r.get("k") == k):
+            return r["accuracy"]
+    return None
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def _is_ssl(run: dict) -> bool:
+    return run["method"] != "supervised"
+
+
+def runs_table(runs: list[dict], baselines: dict) -> str:
+    rows = ["| run | method | backbone | epochs | train time | linear probe | kNN (k=20) "
+            "| linear 1 % | own classifier | hardware, date | command |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for run in runs:
+        own = _find(run, "finetune", run.get("label_fraction", 1.0)) or _find(
+            run, "scratch", run.get("label_fraction", 1.0))
+        labels = "" if _is_ssl(run) else f", {run.get('label_fraction', 1.0):.0%} labels"
+        rows.append(
+            f"| {run['config']} | {run['method']}{labels} | {run['backbone']} "
+            f"| {run.get('epochs', 0):.1f} | {run['train_wall_s'] / 60:.1f} min "
+            f"| {_pct(_find(run, 'linear'))} | {_pct(_find(run, 'knn', k=20))} "
+            f"| {_pct(_find(run, 'linear', 0.01))} | {_pct(own)} "
+            f"| {run['hardware']}, {run['date']} | `{run['command']}` |")
+    if baselines:
+        rows.append(f"| raw pixels | logistic regression / kNN on the 784 pixels | – | – | – "
+                    f"| {_pct(baselines.get(('linear', 1.0)))} "
+                    f"| {_pct(baselines.get(('knn20', 1.0)))} "
+                    f"| {_pct(baselines.get(('linear', 0.01)))} | – | see bench/baselines.json "
+                    f"| `python bench/baselines.py` |")
+    return "\n".join(rows)
+
+
+def label_efficiency(runs: list[dict], baselines: dict) -> dict[str, dict[float, float]]:
+    """{curve name: {label fraction: accuracy}} for the best SSL run and the baselines."""
+    ssl = [r for r in runs if _is_ssl(r) and _find(r, "linear") is not None]
+    curves: dict[str, dict[float, float]] = {}
+    if ssl:
+        best = max(ssl, key=lambda r: _find(r, "linear"))
+        curves[f"{best['config']} + linear probe"] = {
+            f: a for f in FRACTIONS if (a := _find(best, "linear", f)) is not None}
+    for kind, name in (("finetune", "SSL + fine-tuning"),
+                       ("scratch", "supervised from scratch")):
+        points = {}
+        for r in runs:
+            if r["method"] == "supervised" and (a := _find(r, kind, r["label_fraction"])):
+                points[r["label_fraction"]] = max(a, points.get(r["label_fraction"], 0.0))
+        if points:
+            curves[name] = points
+    raw = {f: baselines[("linear", f)] for f in FRACTIONS if ("linear", f) in baselines}
+    if raw:
+        curves["raw pixels + logistic regression"] = raw
+    return curves
+
+
+def label_efficiency_table(curves: dict[str, dict[float, float]]) -> str:
+    rows = ["| labels | " + " | ".join(curves) + " |",
+            "|---|" + "---:|" * len(curves)]
+    for f in FRACTIONS:
+        rows.append(f"| {f:.0%} | " + " | ".join(_pct(c.get(f)) for c in curves.values()) + " |")
+    return "\n".join(rows)
+
+
+def plot(curves: dict[str, dict[float, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, points in curves.items():
+        xs = sorted(points)
+        ax.plot([100 * x for x in xs], [100 * points[x] for x in xs], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training examples (%)")
+    ax.set_ylabel("Fashion-MNIST test accuracy (%)")
+    ax.set_xticks([1, 10, 100], ["1 %", "10 %", "100 %"])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})  # no timestamp: same input, same bytes
+    plt.close(fig)
+
+
+def render(doc: str, tables: dict[str, str]) -> str:
+    for name, body in tables.items():
+        pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(<!-- /table:{name} -->)", re.S)
+        if not pattern.search(doc):
+            raise ValueError(f"docs/RESULTS.md has no <!-- table:{name} --> ... "
+                             f"<!-- /table:{name} --> markers; add them where the table goes")
+        doc = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), doc)
+    return doc
+
+
+def add_run(workdir: str) -> Path:
+    src = Path(workdir) / "results.json"
+    if not src.exists():
+        raise FileNotFoundError(f"--add {workdir!r}: no results.json there; the run must "
+                                f"finish its evaluation first")
+    name = json.loads(src.read_text())["config"]
+    RUNS.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copyfile(src, RUNS / f"{name}.json"))
+
+
+def main(runs_dir: str | None = None, *, check: bool = False, add: list[str] = ()) -> int:
+    for workdir in add:
+        print("recorded", add_run(workdir))
+    runs = load_runs(Path(runs_dir) if runs_dir else RUNS)
+    baselines = load_baselines()
+    curves = label_efficiency(runs, baselines)
+    doc_path = DOCS / "RESULTS.md"
+    doc = doc_path.read_text()
+    new = render(doc, {"runs": runs_table(runs, baselines),
+                       "label_efficiency": label_efficiency_table(curves)})
+    if check:
+        if new != doc:
+            print("docs/RESULTS.md is stale: run `jssl results`")
+            return 1
+        return 0
+    doc_path.write_text(new)
+    if curves:
+        plot(curves, DOCS / "label_efficiency.png")
+    print(f"wrote {doc_path} ({len(runs)} runs)")
+    return 0

@@ -1,0 +1,84 @@
+"""Supervised training of an SSL backbone: the from-scratch baseline and full fine-tuning.
+
+The label-efficiency protocol compares, with the same backbone, augmentation and budget:
+
+    supervised from scratch:  θ ~ init;             minimise CE(W f_θ(view(x)), y) over labelled x
+    full fine-tuning:         θ ← θ_SSL (encoder);  the same objective, every weight trained
+
+    view(x) = random resized crop (scale ``augment.scale``) + horizontal flip
+              (+ optional colour jitter), made on the accelerator, one key per example
+    loss    = mean over the global batch of softmax cross-entropy
+              (label smoothing ``loss.label_smoothing``)
+
+Only a fraction of the labels is used: ``config.data.label_fraction`` (balanced per class,
+fixed by ``config.seed``) restricts the training split the loader reads. Fine-tuning is
+this method with ``config.init_from`` naming an SSL run's workdir (or checkpoint
+directory): its ``params["encoder"]`` and ``batch_stats["encoder"]`` replace the fresh
+encoder before the first step (``jssl.train.pretrained``); the classifier starts at zero.
+
+Evaluation reports the classifier's own test accuracy (``predict``) next to the usual
+kNN and linear probes of the encoder's features.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jssl import losses
+from jssl.augment.recipes import ViewParams, make_views
+from jssl.methods.base import Method
+from jssl.models.encoders import make_encoder
+from jssl.models.heads import LinearClassifier
+
+
+class EncoderClassifier(nn.Module):
+    """logits = W f(x) + b; returns (features, logits)."""
+
+    encoder: nn.Module
+    classifier: nn.Module
+
+    def __call__(self, x: jax.Array, *, train: bool = True) -> tuple[jax.Array, jax.Array]:
+        h = self.encoder(x, train=train)
+        return h, self.classifier(h, train=train)
+
+
+class Supervised(Method):
+    name = "supervised"
+
+    def __init__(self, config: Any, mesh: jax.sharding.Mesh):
+        super().__init__(config, mesh)
+        self.net = EncoderClassifier(make_encoder(config.model.encoder),
+                                     LinearClassifier(config.eval.num_classes))
+        aug = config.augment
+        self.out_size = aug.size
+        self.view = ViewParams(scale=tuple(aug.scale), flip_p=aug.get("flip_p", 0.5),
+                               jitter_p=aug.get("jitter_p", 0.0), grayscale_p=0.0)
+        self.label_smoothing = config.get("loss", {}).get("label_smoothing", 0.0)
+
+    def init(self, key, batch):
+        x = jnp.zeros((2, self.out_size, self.out_size, batch["image"].shape[-1]))
+        return dict(self.net.init(key, x, train=True)), {}
+
+    def prepare(self, batch, key):
+        (views,) = make_views(key, self.images(batch), [(self.view, self.out_size)])
+        return {"views": views, "label": batch["label"]}
+
+    def loss(self, params, variables, extra, batch, key, step):
+        (_, logits), new_vars = self.net.apply({**variables, "params": params}, batch["views"],
+                                               train=True, mutable=["batch_stats"])
+        loss = losses.classification(logits, batch["label"],
+                                     label_smoothing=self.label_smoothing)
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        return loss, ({"train_accuracy": accuracy}, dict(new_vars))
+
+    def features(self, variables, extra, images):
+        h, _ = self.net.apply(variables, images, train=False)
+        return h
+
+    def predict(self, variables, extra, images):
+        """Class logits [B, num_classes] of float images in [0, 1] (the model's own head)."""
+        _, logits = self.net.apply(variables, images, train=False)
+        return logits

@@ -1,0 +1,158 @@
+"""The label-efficiency protocol: supervised from scratch on a labelled subset, fine-tuning
+from an SSL run's encoder, ``--mode=eval`` / ``jssl eval``, and the generated RESULTS.md."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from test_engine import ROOT, tiny_config  # tests/ is on sys.path
+
+from jssl.data.inputs import load_source, train_loader
+from jssl.data.pipeline import label_subset
+from jssl.data.subset import labelled_subset, source_labels
+from jssl.evaluate import results_doc
+from jssl.train.checkpoint import Checkpointer
+from jssl.train.loop import train
+from jssl.train.run import run
+
+
+def test_loader_reads_exactly_the_class_balanced_labelled_subset(tmp_path):
+    config = tiny_config(tmp_path, "supervised", **{"data.label_fraction": 0.5})
+    source = load_source(config.data, "train")
+    labels = source_labels(source)
+    want = label_subset(labels, 0.5, seed=config.seed)
+    assert len(want) == 100 and np.all(np.bincount(labels[want], minlength=10) == 10)
+    subset = labelled_subset(source, 0.5, config.seed)
+    assert len(subset) == 100
+    # One epoch of the endless loader (100 records, batch 16, one process) covers the subset.
+    images = {source[int(i)]["image"].tobytes(): int(i) for i in want}
+    seen = []
+    for _, batch in zip(range(6), iter(train_loader(config)), strict=False):
+        seen += [images[im.tobytes()] for im in batch["image"]]  # KeyError: outside the subset
+    assert len(set(seen)) == 96  # 6 batches of 16 distinct records of the first epoch
+    with pytest.raises(ValueError, match=r"config.data.label_fraction=0.0 must be in \(0, 1\]"):
+        labelled_subset(source, 0.0, 0)
+
+
+@pytest.fixture(scope="module")
+def ssl_run(tmp_path_factory):
+    """A finished tiny SimCLR run (the encoder to fine-tune)."""
+    tmp = tmp_path_factory.mktemp("ssl")
+    config = tiny_config(tmp, "simclr")
+    train(config, tmp / "work")
+    return tmp / "work", config
+
+
+def _saved(workdir):
+    with Checkpointer(workdir, async_save=False) as ckpt:
+        return ckpt.restore().state
+
+
+def test_finetuning_starts_from_the_ssl_encoder_and_a_zero_classifier(tmp_path, ssl_run):
+    workdir, _ = ssl_run
+    # lr 0: the one step taken leaves the initial params (checked below) as they were.
+    config = tiny_config(tmp_path, "supervised", **{"train.steps": 1, "optim.warmup_steps": 0,
+                                                    "optim.base_lr": 0.0})
+    config.init_from = str(workdir)
+    state, _ = train(config, tmp_path / "ft")
+    saved = _saved(workdir)
+    ssl_params = jax.device_get(saved["params"]["encoder"])
+    new_params = jax.device_get(state.params["encoder"])
+    for a, b in zip(jax.tree.leaves(ssl_params), jax.tree.leaves(new_params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert jax.tree.structure(ssl_params) == jax.tree.structure(new_params)
+    kernel = np.asarray(jax.device_get(state.params["classifier"]["linear"]["kernel"]))
+    np.testing.assert_array_equal(kernel, np.zeros_like(kernel))
+
+
+def test_finetuning_refuses_a_different_encoder(tmp_path, ssl_run):
+    workdir, _ = ssl_run
+    config = tiny_config(tmp_path, "supervised")
+    config.init_from = str(workdir)
+    config.model.encoder.widths = (8, 16, 32, 32)
+    with pytest.raises(ValueError, match=r"do not match config.model.encoder|has shape"):
+        train(config, tmp_path / "ft")
+    config.init_from = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=r"config.init_from=.*is not a directory"):
+        train(config, tmp_path / "ft2")
+
+
+def test_eval_mode_reproduces_the_trained_runs_numbers_and_needs_a_checkpoint(tmp_path):
+    config = tiny_config(tmp_path, "supervised", **{"data.label_fraction": 0.5})
+    first = run(config, tmp_path / "w")
+    kinds = {r["kind"] for r in first["results"]}
+    assert kinds == {"scratch", "knn", "linear"}, kinds
+    assert first["train_examples"] == 100 and first["epochs"] == pytest.approx(4 * 16 / 100)
+    again = run(config, tmp_path / "w", mode="eval")
+    assert [r["accuracy"] for r in again["results"]] == [r["accuracy"] for r in first["results"]]
+    with pytest.raises(FileNotFoundError, match=r"holds no checkpoint to evaluate"):
+        run(config, tmp_path / "empty", mode="eval")
+
+
+def test_jssl_eval_console_script_fails_clearly_without_a_checkpoint(tmp_path):
+    config = tiny_config(tmp_path, "supervised")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        [sys.executable, "-m", "jssl.cli", "eval", "--config=experiments/supervised.py:tiny",
+         f"--workdir={tmp_path / 'empty'}", f"--config.data.idx_dir={config.data.idx_dir}",
+         f"--config.data.data_dir={config.data.data_dir}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "holds no checkpoint to evaluate" in out.stderr
+
+
+# --------------------------------------------------------------------- RESULTS.md generator
+def _run_record(config, method, backbone, results, fraction=1.0, init_from=None):
+    return {"config": config, "method": method, "backbone": backbone, "epochs": 10.0,
+            "train_wall_s": 600.0, "hardware": "2× cpu", "date": "2026-11-22",
+            "command": f"python -m jssl.main --config=experiments/{method}.py",
+            "label_fraction": fraction, "init_from": init_from, "results": results}
+
+
+def test_results_doc_tables_and_label_efficiency_curves(tmp_path):
+    lin = [{"kind": "linear", "label_fraction": f, "accuracy": a}
+           for f, a in ((1.0, 0.86), (0.1, 0.84), (0.01, 0.78))]
+    runs = [
+        _run_record("simclr_a", "simclr", "resnet tiny",
+                    lin + [{"kind": "knn", "k": 20, "label_fraction": 1.0, "accuracy": 0.85}]),
+        _run_record("byol_a", "byol", "resnet tiny",
+                    [{"kind": "linear", "label_fraction": 1.0, "accuracy": 0.80}]),
+        *[_run_record(f"scratch_{f}", "supervised", "resnet tiny",
+                      [{"kind": "scratch", "label_fraction": f, "accuracy": a}], fraction=f)
+          for f, a in ((0.01, 0.70), (0.1, 0.82), (1.0, 0.91))],
+        _run_record("ft_1", "supervised", "resnet tiny",
+                    [{"kind": "finetune", "label_fraction": 0.01, "accuracy": 0.79}],
+                    fraction=0.01, init_from="runs/simclr_a"),
+    ]
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    for r in runs:
+        (runs_dir / f"{r['config']}.json").write_text(json.dumps(r))
+    loaded = results_doc.load_runs(runs_dir)
+    baselines = {("linear", 1.0): 0.8435, ("linear", 0.01): 0.7778, ("knn20", 1.0): 0.8459}
+    curves = results_doc.label_efficiency(loaded, baselines)
+    assert curves["simclr_a + linear probe"] == {0.01: 0.78, 0.1: 0.84, 1.0: 0.86}
+    assert curves["supervised from scratch"] == {0.01: 0.70, 0.1: 0.82, 1.0: 0.91}
+    assert curves["SSL + fine-tuning"] == {0.01: 0.79}
+    assert curves["raw pixels + logistic regression"] == {0.01: 0.7778, 1.0: 0.8435}
+    table = results_doc.label_efficiency_table(curves)
+    assert "| 1% | 78.00 | 79.00 | 70.00 | 77.78 |" in table
+    runs_md = results_doc.runs_table(loaded, baselines)
+    assert "| simclr_a | simclr | resnet tiny | 10.0 | 10.0 min | 86.00 | 85.00 | 78.00 | – |" \
+        in runs_md
+    assert "| scratch_0.01 | supervised, 1% labels |" in runs_md
+    doc = "# R\nprose\n<!-- table:runs -->\nold\n<!-- /table:runs -->\nmore prose\n"
+    new = results_doc.render(doc, {"runs": "NEW"})
+    assert new == "# R\nprose\n<!-- table:runs -->\nNEW\n<!-- /table:runs -->\nmore prose\n"
+    with pytest.raises(ValueError, match=r"no <!-- table:other -->"):
+        results_doc.render(doc, {"other": "x"})
+
+
+def test_recorded_results_md_is_up_to_date():
+    """docs/RESULTS.md equals what `jssl results` generates from docs/results/*.json."""
+    assert results_doc.main(check=True) == 0
