@@ -19,13 +19,16 @@ flags.DEFINE_enum("mode", "train_eval", ["train", "eval", "train_eval"], "what t
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host)")
 flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)")
 flags.DEFINE_integer("process_id", None, "index of this process (multi-host)")
+flags.DEFINE_integer("heartbeat_timeout_seconds", 30,
+                     "multi-host: a process silent this long counts as dead and stops the others")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.INFO)
-    initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                           heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
     from jssl.train.run import run  # after distributed init: nothing may touch devices first
 
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode)

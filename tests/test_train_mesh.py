@@ -114,13 +114,17 @@ def test_initialize_distributed_autodetect_and_passthrough(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "17")
     monkeypatch.setenv("SLURM_NTASKS", "4")
     assert mesh_lib.initialize_distributed() is True
-    assert calls[-1] == dict(coordinator_address=None, num_processes=None, process_id=None)
+    assert calls[-1] == dict(coordinator_address=None, num_processes=None, process_id=None,
+                             heartbeat_timeout_seconds=30)
     monkeypatch.delenv("SLURM_JOB_ID")
     assert mesh_lib.initialize_distributed("10.0.0.1:1234", 2, 1) is True
-    assert calls[-1] == dict(coordinator_address="10.0.0.1:1234", num_processes=2, process_id=1)
+    assert calls[-1] == dict(coordinator_address="10.0.0.1:1234", num_processes=2, process_id=1,
+                             heartbeat_timeout_seconds=30)
     assert jax.config.jax_cpu_collectives_implementation == "gloo"
     with pytest.raises(ValueError, match="process_id=2"):
         mesh_lib.initialize_distributed("10.0.0.1:1234", 2, 2)
+    with pytest.raises(ValueError, match="heartbeat_timeout_seconds=0 must be >= 1"):
+        mesh_lib.initialize_distributed("10.0.0.1:1234", 2, 1, heartbeat_timeout_seconds=0)
 
 
 _WORKER = textwrap.dedent(

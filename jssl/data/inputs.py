@@ -8,18 +8,19 @@
 
 Training batches are uint8 images (decoded on the host, shipped as bytes; the
 method converts and augments on the device) and int32 labels, read by grain
-with a seeded shuffle, each process reading only its own shard.
+with a seeded shuffle of one global stream, each process reading only its rows of
+each global batch.
 """
 from __future__ import annotations
 
 from typing import Any
 
-import grain.python as grain
 import numpy as np
 
 from jssl.data import fashion_mnist
 from jssl.data.host_transforms import DecodeImage, decode_image
 from jssl.data.pipeline import ArraySource, make_loader, make_source
+from jssl.data.sampler import GlobalOrderLoader
 from jssl.data.subset import labelled_subset
 
 
@@ -66,8 +67,9 @@ def eval_arrays(data: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train_loader(config: Any, *, process_index: int | None = None,
-                 process_count: int | None = None) -> grain.DataLoader:
-    """Endless, seeded, per-process-sharded loader of uint8 training batches."""
+                 process_count: int | None = None) -> GlobalOrderLoader:
+    """Endless, seeded loader of this process's rows of uint8 global training batches
+    (the same global batches for any number of processes; ``jssl.data.sampler``)."""
     source = load_source(config.data, config.data.train_split)
     # The label-efficiency protocol: supervised runs read a class-balanced labelled subset.
     source = labelled_subset(source, float(_field(config.data, "label_fraction", 1.0)),

@@ -3,14 +3,15 @@
 * ``make_source`` opens ``tfds.data_source(name, split, data_dir)`` (array_record on disk; records
   are dicts with ``image`` uint8 (H, W, C) and ``label``) or passes through any object with
   ``__len__``/``__getitem__``, such as :class:`ArraySource`.
-* ``make_loader`` builds a ``grain.DataLoader``: an ``IndexSampler`` over this process's shard
-  (``ShardOptions(process_index, process_count, drop_remainder=True)``), shuffled by ``seed``
-  (reshuffled every epoch), then host-side transforms, then ``Batch(global_batch_size //
-  process_count)``. The same seed gives the same batches; each process reads only its shard.
-* ``iterator_state`` / ``restore_iterator`` checkpoint the iterator (grain's JSON state). With
-  Orbax use ``grain.checkpoint.CheckpointHandler`` (alias ``grain.python.PyGrainCheckpointHandler``)
-  through ``grain.checkpoint.CheckpointSave(it)`` / ``grain.checkpoint.CheckpointRestore(it)``
-  inside ``ocp.args.Composite``; it writes one ``process_<i>-of-<n>.json`` per process.
+* ``make_loader`` builds a loader over one global, seeded stream (reshuffled every epoch):
+  host-side transforms, then ``Batch(global_batch_size // process_count)``. Batch ``s`` of
+  process ``p`` is its rows of global batch ``s``, the same records in the same order whatever
+  the number of processes (``jssl.data.sampler``); each process reads only its own rows.
+* ``iterator_state`` / ``restore_iterator`` checkpoint the iterator: JSON holding the number of
+  global batches served, the same on every process, so it restores into another process count.
+  With Orbax use ``grain.checkpoint.CheckpointHandler`` through
+  ``grain.checkpoint.CheckpointSave(it)`` / ``grain.checkpoint.CheckpointRestore(it)`` inside
+  ``ocp.args.Composite``; it writes one ``process_<i>-of-<n>.json`` per process.
 * ``to_global_batch`` assembles the per-process batches into global ``jax.Array``\\ s.
 * ``label_subset`` picks the class-balanced 1 % / 10 % label subsets for semi-supervised eval.
 """
@@ -28,6 +29,7 @@ from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jssl.data.host_transforms import DecodeImage
+from jssl.data.sampler import GlobalOrderIterator, GlobalOrderLoader, GlobalOrderSampler
 
 __all__ = [
     "ArraySource",
@@ -133,30 +135,30 @@ def make_loader(
     drop_remainder: bool = True,
     worker_count: int = 0,
     worker_buffer_size: int = 1,
-) -> grain.DataLoader:
-    """A deterministic, sharded, checkpointable grain ``DataLoader`` over ``source``.
+) -> GlobalOrderLoader:
+    """A deterministic, checkpointable loader of this process's rows of global batches.
 
     Args:
       source: random-access source (``make_source``).
-      global_batch_size: batch over all processes; each process yields
-        ``global_batch_size // process_count`` examples per batch.
-      seed: shuffle seed (and the per-record seed of ``grain.RandomMapTransform``\\ s).
-      shuffle: shuffle within this process's shard, a fresh order every epoch. Shards are
-        contiguous blocks of the source order (grain's ``even_split``), so the source should
-        not be sorted by class (TFDS shuffles at build time; Fashion-MNIST's IDX order is mixed).
-      num_epochs: ``None`` repeats forever.
+      global_batch_size: batch over all processes ``B``; process ``p`` of ``P`` yields rows
+        ``[p·B/P, (p+1)·B/P)`` of every global batch.
+      seed: shuffle seed (and the per-record seed of ``grain.RandomMapTransform``\\ s, which
+        follows the record's global stream position, not the process).
+      shuffle: shuffle the whole source, a fresh order every epoch (else source order).
+      num_epochs: ``None`` repeats forever; global batches run across epoch boundaries.
       process_index, process_count: default ``jax.process_index()`` / ``jax.process_count()``.
       transforms: grain transforms applied per record before batching (host side).
-      drop_remainder: drop the last partial batch of the (finite) stream.
-      worker_count: grain worker processes (0: in the calling process). Each worker batches
-        its own slice of the stream, so the batches depend on it: keep it fixed for a run and
-        its restarts (a restored state checks it). Outside ``absl.app.run`` this marks absl
-        flags as parsed (grain's workers read them).
+      drop_remainder: drop the last partial global batch of the (finite) stream.
+      worker_count: grain worker processes (0: in the calling process). Batches do not depend
+        on it, but the iterator state records it: keep it fixed for a run and its restarts.
+        A finite stream read by ``W`` workers may end up to ``W - 1`` batches early (each
+        worker drops its own remainder). Outside ``absl.app.run`` this marks absl flags as
+        parsed (grain's workers read them).
       worker_buffer_size: batches each worker prepares ahead.
 
     Raises:
-      ValueError: ``global_batch_size`` does not divide by ``process_count``, or a shard is
-        smaller than one batch.
+      ValueError: ``global_batch_size`` does not divide by ``process_count``, or the stream is
+        smaller than one global batch.
     """
     index, count = _process_index_count(process_index, process_count)
     if global_batch_size <= 0 or global_batch_size % count:
@@ -164,47 +166,36 @@ def make_loader(
             f"global_batch_size={global_batch_size} must be a positive multiple of "
             f"process_count={count}"
         )
-    per_process = global_batch_size // count
-    shard_size = len(source) // count
-    if drop_remainder and num_epochs is not None and shard_size * num_epochs < per_process:
+    if drop_remainder and num_epochs is not None and len(source) * num_epochs < global_batch_size:
         raise ValueError(
-            f"shard of {shard_size} records x {num_epochs} epochs is smaller than one batch "
-            f"of {per_process}: the loader would yield nothing"
+            f"{len(source)} records x {num_epochs} epochs is smaller than one batch of "
+            f"global_batch_size={global_batch_size}: the loader would yield nothing"
         )
     if worker_count and not flags.FLAGS.is_parsed():
         # grain's worker processes read absl flags; outside ``absl.app.run`` use the defaults.
         flags.FLAGS.mark_as_parsed()
-    shard = grain.ShardOptions(shard_index=index, shard_count=count, drop_remainder=True)
-    sampler = grain.IndexSampler(
-        num_records=len(source),
-        shard_options=shard,
-        shuffle=shuffle,
-        num_epochs=num_epochs,
-        seed=seed,
-    )
-    operations = [*transforms, grain.Batch(batch_size=per_process, drop_remainder=drop_remainder)]
-    return grain.DataLoader(
-        data_source=source,
-        sampler=sampler,
-        operations=operations,
-        worker_count=worker_count,
-        worker_buffer_size=worker_buffer_size,
-        shard_options=shard,
-    )
+    sampler = GlobalOrderSampler(
+        len(source), global_batch_size=global_batch_size, process_index=index,
+        process_count=count, shuffle=shuffle, num_epochs=num_epochs, seed=seed,
+        worker_count=worker_count, drop_remainder=drop_remainder)
+    batch = grain.Batch(batch_size=global_batch_size // count, drop_remainder=drop_remainder)
+    return GlobalOrderLoader(source, sampler, [*transforms, batch], worker_count=worker_count,
+                             worker_buffer_size=worker_buffer_size)
 
 
-def iterator_state(iterator: grain.DataLoaderIterator) -> bytes:
-    """The iterator's position as grain's JSON state (bytes); restore with ``restore_iterator``."""
+def iterator_state(iterator: GlobalOrderIterator) -> bytes:
+    """The iterator's position as JSON bytes (global batches served; process-independent)."""
     return iterator.get_state()
 
 
 def restore_iterator(
-    loader: grain.DataLoader, state: bytes | str | None
-) -> grain.DataLoaderIterator:
+    loader: GlobalOrderLoader, state: bytes | str | None
+) -> GlobalOrderIterator:
     """A fresh iterator of ``loader`` positioned at ``state`` (``None``: at the start).
 
-    ``loader`` must be built with the same source, sampler settings (seed, shard, epochs) and
-    worker count as the one that produced ``state``; grain validates this and raises otherwise.
+    ``loader`` must read the same source with the same seed, shuffle, epochs, global batch
+    size and worker count as the one that produced ``state``; the process count may differ.
+    A mismatch raises ``ValueError``.
     """
     iterator = iter(loader)
     if state is not None:

@@ -8,7 +8,8 @@ One checkpoint step directory holds three items:
   PRNG keys are stored as ``jax.random.key_data`` and rewrapped on restore.
 * ``data``: the input pipeline's iterator state, one JSON file per process
   (grain's Orbax handler): a grain ``DataLoader``/``Dataset`` iterator, a
-  JSON-able dict, or bytes.
+  JSON-able dict, or bytes. Restored by a different number of processes, each
+  process reads process 0's file (jssl's loader states are process-independent).
 * ``meta``: JSON written by the primary process: step, wall time, the paths
   and implementations of the PRNG keys, and anything the caller adds.
 
@@ -88,6 +89,12 @@ def _collect_failed_reads() -> None:
         gc.collect()
     finally:
         log.setLevel(level)
+
+
+def _restore_foreign_data_state(data_dir: epath.Path, box: Any) -> None:
+    """Set process 0's state of another process count (jssl's is the same on every process;
+    a plain grain iterator's ``set_state`` rejects another shard's state)."""
+    box.set_state(sorted(data_dir.glob("process_*-of-*.json"))[0].read_text().encode())
 
 
 def _is_key(x: Any) -> bool:
@@ -181,7 +188,8 @@ class Checkpointer:
         """Restore ``step`` (default: newest readable) onto ``target``'s shapes and shardings.
 
         ``target`` is a pytree of arrays or ``ShapeDtypeStruct``s (with shardings) like the
-        saved state; ``None`` restores as saved. ``data_iterator`` (grain iterator) gets the
+        saved state; ``None`` restores as saved (onto this process's first device when another
+        number of processes saved it). ``data_iterator`` (grain iterator) gets the
         saved iterator state set in place; without it the JSON/bytes state is returned.
         Returns ``None`` when there is no checkpoint. An explicitly requested ``step`` that
         cannot be read raises; the default falls back to older steps with a warning.
@@ -209,13 +217,20 @@ class Checkpointer:
     def _restore_step(self, step: int, target: Any, data_iterator: Any) -> Restored:
         step_dir = self.directory / str(step)
         meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        has_data = (data_dir := step_dir / "data").exists()
+        box = data_iterator if data_iterator is not None else _StateBox()
+        own = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if target is None and has_data and not own.exists():  # saved on another topology
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                  self._mngr.item_metadata(step)["state"].tree)
         items = {"state": ocp.args.StandardRestore(
             None if target is None else jax.tree.map(_abstract, target))}
-        has_data = (step_dir / "data").exists()
-        if has_data:
-            box = data_iterator if data_iterator is not None else _StateBox()
+        if has_data and own.exists():
             items["data"] = grain_ckpt.CheckpointRestore(box)
         out = self._mngr.restore(step, args=ocp.args.Composite(**items))
+        if has_data and not own.exists():  # written by another number of processes
+            _restore_foreign_data_state(data_dir, box)
         impls = meta.get("prng_keys", {})
 
         def rewrap(path, x):
@@ -225,7 +240,7 @@ class Checkpointer:
         state = jax.tree_util.tree_map_with_path(rewrap, out.state)
         data_state = None
         if has_data:
-            data_state = data_iterator if data_iterator is not None else out.data.state
+            data_state = data_iterator if data_iterator is not None else box.state
         return Restored(step=step, state=state, data_state=data_state, metadata=dict(meta))
 
     # -- lifecycle and preemption ------------------------------------------------------------

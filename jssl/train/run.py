@@ -114,7 +114,11 @@ def run(config: Any, workdir: str | os.PathLike, mode: str = "train_eval") -> di
                "train_wall_s": train_time, "hardware": hardware(),
                "date": time.strftime("%Y-%m-%d"), "results": []}
     if mode in ("eval", "train_eval") and "eval" in config:
-        summary["results"], n_train = evaluate(config, state, method, Path(workdir))
+        # A method with its own protocols (text, speech, image-text) defines ``evaluate``.
+        evaluate_fn = getattr(method, "evaluate", None)
+        summary["results"], n_train = (
+            evaluate_fn(state, Path(workdir)) if evaluate_fn is not None
+            else evaluate(config, state, method, Path(workdir)))
         summary["train_examples"] = round(n_train * summary["label_fraction"])
         summary["epochs"] = summary["steps"] * summary["batch_size"] / summary["train_examples"]
         summary["total_wall_s"] = time.perf_counter() - t0
@@ -129,5 +133,7 @@ def format_results(summary: dict) -> str:
     lines = [f"{summary['method']} · {summary['steps']} steps × batch {summary['batch_size']} · "
              f"train {summary['train_wall_s']:.0f} s · {summary['hardware']}"]
     for r in summary["results"]:
-        lines.append(f"  {r['protocol']:34s} {100 * r['accuracy']:6.2f} %")
+        number = (f"{100 * r['accuracy']:6.2f} %" if "accuracy" in r
+                  else f"{r['value']:8.2f}")  # e.g. a perplexity
+        lines.append(f"  {r['protocol']:34s} {number}")
     return "\n".join(lines)
