@@ -11,6 +11,11 @@ REGISTRY = {
     "supervised": "jssl.methods.supervised:Supervised",
     "mocov3": "jssl.methods.mocov3:MoCoV3",
     "dino": "jssl.methods.dino:DINO",
+    "mae": "jssl.methods.mae:MAE",
+    "rotnet": "jssl.methods.rotnet:RotNet",
+    "jigsaw": "jssl.methods.jigsaw:Jigsaw",
+    "colorization": "jssl.methods.colorization:Colorization",
+    "context": "jssl.methods.context:ContextPrediction",
 }
 
 
