@@ -16,6 +16,8 @@ REGISTRY = {
     "jigsaw": "jssl.methods.jigsaw:Jigsaw",
     "colorization": "jssl.methods.colorization:Colorization",
     "context": "jssl.methods.context:ContextPrediction",
+    "clip": "jssl.methods.clip:CLIP",
+    "siglip": "jssl.methods.siglip:SigLIP",
 }
 
 
