@@ -143,7 +143,7 @@ def test_results_doc_tables_and_label_efficiency_curves(tmp_path):
     table = results_doc.label_efficiency_table(curves)
     assert "| 1% | 78.00 | 79.00 | 70.00 | 77.78 |" in table
     runs_md = results_doc.runs_table(loaded, baselines)
-    assert "| simclr_a | simclr | resnet tiny | 10.0 | 10.0 min | 86.00 | 85.00 | 78.00 | – |" \
+    assert "| simclr_a | simclr | resnet tiny | 10.0 | 10.0 min | 86.00 | 85.00 | 78.00 | – | – |" \
         in runs_md
     assert "| scratch_0.01 | supervised, 1% labels |" in runs_md
     doc = "# R\nprose\n<!-- table:runs -->\nold\n<!-- /table:runs -->\nmore prose\n"

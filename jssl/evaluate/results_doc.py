@@ -53,29 +53,40 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
+STANDARD = ("linear", "knn", "scratch", "finetune")
+
+
+def _value(r: dict) -> str:
+    return f"{100 * r['accuracy']:.2f} %" if "accuracy" in r else f"{r['value']:.2f}"
+
+
 def _is_ssl(run: dict) -> bool:
     return run["method"] != "supervised"
 
 
 def runs_table(runs: list[dict], baselines: dict) -> str:
-    rows = ["| run | method | backbone | epochs | train time | linear probe | kNN (k=20) "
-            "| linear 1 % | own classifier | hardware, date | command |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    rows = ["| run | method | backbone | epochs | train time (load) | linear probe | kNN (k=20) "
+            "| linear 1 % | own classifier | other protocols | hardware, date | command |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
     for run in runs:
         own = _find(run, "finetune", run.get("label_fraction", 1.0)) or _find(
             run, "scratch", run.get("label_fraction", 1.0))
         labels = "" if _is_ssl(run) else f", {run.get('label_fraction', 1.0):.0%} labels"
+        other = "; ".join(f"{r['protocol']} {_value(r)}" for r in run.get("results", [])
+                          if r.get("kind") not in STANDARD) or "–"
+        load = run.get("load_avg_1m")
+        load = "" if load is None else f" ({load:.1f})"
         rows.append(
             f"| {run['config']} | {run['method']}{labels} | {run['backbone']} "
-            f"| {run.get('epochs', 0):.1f} | {run['train_wall_s'] / 60:.1f} min "
+            f"| {run.get('epochs', 0):.1f} | {run['train_wall_s'] / 60:.1f} min{load} "
             f"| {_pct(_find(run, 'linear'))} | {_pct(_find(run, 'knn', k=20))} "
-            f"| {_pct(_find(run, 'linear', 0.01))} | {_pct(own)} "
+            f"| {_pct(_find(run, 'linear', 0.01))} | {_pct(own)} | {other} "
             f"| {run['hardware']}, {run['date']} | `{run['command']}` |")
     if baselines:
         rows.append(f"| raw pixels | logistic regression / kNN on the 784 pixels | – | – | – "
                     f"| {_pct(baselines.get(('linear', 1.0)))} "
                     f"| {_pct(baselines.get(('knn20', 1.0)))} "
-                    f"| {_pct(baselines.get(('linear', 0.01)))} | – | see bench/baselines.json "
+                    f"| {_pct(baselines.get(('linear', 0.01)))} | – | – | see bench/baselines.json "
                     f"| `python bench/baselines.py` |")
     return "\n".join(rows)
 

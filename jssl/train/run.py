@@ -122,6 +122,8 @@ def run(config: Any, workdir: str | os.PathLike, mode: str = "train_eval") -> di
         summary["train_examples"] = round(n_train * summary["label_fraction"])
         summary["epochs"] = summary["steps"] * summary["batch_size"] / summary["train_examples"]
         summary["total_wall_s"] = time.perf_counter() - t0
+    # Other work on a shared machine inflates wall times: record the 1-minute load average.
+    summary["load_avg_1m"] = round(os.getloadavg()[0], 2)
     if jax.process_index() == 0:
         Path(workdir, "results.json").write_text(json.dumps(summary, indent=1))
         plot_curves(Path(workdir, "metrics.jsonl"), Path(workdir, "curves.png"))
