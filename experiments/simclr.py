@@ -9,7 +9,9 @@ fashion_mnist  The quickstart: pretrain without labels on the 60 000 Fashion-MNI
                images, then kNN and linear probes on the 10 000 test images.
                python -m jssl.main --config=experiments/simclr.py:fashion_mnist \
                    --workdir=runs/simclr_fmnist
-               2-core CPU; expected wall time and accuracy: see docs/RESULTS.md (measured).
+               Tiny CIFAR-stem ResNet (64-d features), batch 256, 2000 steps (8.5 epochs),
+               LARS with lr 1.2 (square-root rule). 2-core CPU, ≤ 15 min in all; the
+               measured wall time and accuracy are in docs/RESULTS.md.
 imagenet_r50   The paper's ImageNet recipe: ResNet-50, batch 4096, LARS lr 0.3×B/256 = 4.8,
                weight decay 1e-6, T = 0.1, 100 epochs with 10 warm-up epochs, 224 px views,
                colour strength 1.0 with blur; mesh over all devices (e.g. a TPU v3-32 pod).
@@ -48,7 +50,14 @@ def get_config(arg: str = "fashion_mnist") -> ml_collections.ConfigDict:
         c.model.projector.hidden_dim = 32
         c.model.projector.out_dim = 16
     elif arg == "fashion_mnist":
-        pass
+        # Short schedule: the paper's square-root rule (App. B.1, lr = 0.075·√B, better than
+        # the linear rule for few epochs) gives 1.2 at B = 256; at 1000 steps it beat
+        # 0.3 × B/256 on the linear probe here (--config.optim.base_lr=0.3
+        # --config.optim.lr_scaling=linear --config.train.steps=1000 reproduces the other arm).
+        c.optim.base_lr = 1.2
+        c.optim.lr_scaling = "sqrt"
+        c.train.steps = 2000
+        c.checkpoint.every = 1000
     elif arg == "imagenet_r50":
         configs.use_imagenet(c)
         c.model.projector = ml_collections.ConfigDict(
