@@ -4,6 +4,7 @@
     jssl eval  --config=experiments/simclr.py:fashion_mnist --workdir=runs/simclr
     jssl results [--add WORKDIR] [--runs docs/results] [--check]
     jssl demo
+    jssl generate --workdir=runs/gpt [--prompt=TEXT ...] [--temperature=0.8] [--top_k=40]
 
 ``train`` trains (resuming from the workdir's checkpoint if any) and then evaluates;
 ``eval`` evaluates the workdir's newest checkpoint without training. Both take every flag
@@ -32,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     res.add_argument("--add", action="append", default=[], metavar="WORKDIR",
                      help="record a finished run's results.json first (repeatable)")
     sub.add_parser("demo", help="tour of the sharding-aware losses on 8 simulated CPU devices")
+    gen = sub.add_parser("generate", help="sample text from a GPT run's newest checkpoint")
+    gen.add_argument("--workdir", required=True, help="a GPT run (its config.json is used)")
+    gen.add_argument("--prompt", action="append", default=None, help="repeatable; default ''")
+    gen.add_argument("--max_new_tokens", type=int, default=48)
+    gen.add_argument("--temperature", type=float, default=0.8, help="<= 0: greedy")
+    gen.add_argument("--top_k", type=int, default=40, help="0: no top-k cut")
+    gen.add_argument("--num_samples", type=int, default=3)
+    gen.add_argument("--seed", type=int, default=0)
     args, rest = parser.parse_known_args(argv)
     if args.command in _MODES:
         if any(a == "--mode" or a.startswith("--mode=") for a in rest):
@@ -44,6 +53,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "generate":
+        from jssl.methods.gpt import generate_text
+
+        for samples in generate_text(args.workdir, args.prompt or [""],
+                                     max_new_tokens=args.max_new_tokens,
+                                     temperature=args.temperature, top_k=args.top_k or None,
+                                     num_samples=args.num_samples, seed=args.seed):
+            print("\n---\n".join(samples), end="\n\n")
+        return 0
     if args.command == "results":
         from jssl.evaluate import results_doc
 

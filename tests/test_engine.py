@@ -170,6 +170,8 @@ def test_every_preset_builds_and_traces_on_8_devices(path, preset):
     batch = {"image": jax.ShapeDtypeStruct((config.train.batch_size, size, size, channels),
                                            jnp.uint8),
              "label": jax.ShapeDtypeStruct((config.train.batch_size,), jnp.int32)}
+    if hasattr(method, "dummy_batch"):  # token-sequence methods (jssl.methods.text_base)
+        batch = method.dummy_batch(config.train.batch_size)
 
     def init_and_step(key, batch):
         variables, extra = method.init(key, batch)

@@ -70,6 +70,9 @@ def train_loader(config: Any, *, process_index: int | None = None,
                  process_count: int | None = None) -> GlobalOrderLoader:
     """Endless, seeded loader of this process's rows of uint8 global training batches
     (the same global batches for any number of processes; ``jssl.data.sampler``)."""
+    if config.data.get("modality") == "text":  # fortunes or a TFDS text dataset
+        from jssl.data.fortunes import train_loader as text_loader
+        return text_loader(config, process_index=process_index, process_count=process_count)
     source = load_source(config.data, config.data.train_split)
     # The label-efficiency protocol: supervised runs read a class-balanced labelled subset.
     source = labelled_subset(source, float(_field(config.data, "label_fraction", 1.0)),

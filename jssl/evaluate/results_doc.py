@@ -60,6 +60,32 @@ def _value(r: dict) -> str:
     return f"{100 * r['accuracy']:.2f} %" if "accuracy" in r else f"{r['value']:.2f}"
 
 
+def dataset_of(run: dict) -> str:
+    """The run's training data (``dataset`` in newer records, else from its config name)."""
+    if run.get("dataset"):
+        return run["dataset"]
+    return "fortunes" if "fortunes" in run["config"] else "fashion_mnist_local"
+
+
+def text_table(runs: list[dict]) -> str:
+    rows = ["| run | method | epochs | train time (load) | held-out pretext | category probe "
+            "100 % / 10 % labels | same encoder, random init | hardware, date | command |",
+            "|---|---|---:|---:|---|---:|---:|---|---|"]
+    for run in runs:
+        pretext = "; ".join(f"{r['protocol']} {_value(r)}" for r in run["results"]
+                            if not r.get("kind", "").startswith("linear")) or "–"
+        load = run.get("load_avg_1m")
+        load = "" if load is None else f" ({load:.1f})"
+        rows.append(
+            f"| {run['config']} | {run['method']} | {run.get('epochs', 0):.2f} "
+            f"| {run['train_wall_s'] / 60:.1f} min{load} | {pretext} "
+            f"| {_pct(_find(run, 'linear'))} / {_pct(_find(run, 'linear', 0.1))} "
+            f"| {_pct(_find(run, 'linear_random_init'))} / "
+            f"{_pct(_find(run, 'linear_random_init', 0.1))} "
+            f"| {run['hardware']}, {run['date']} | `{run['command']}` |")
+    return "\n".join(rows)
+
+
 def _is_ssl(run: dict) -> bool:
     return run["method"] != "supervised"
 
@@ -165,12 +191,14 @@ def add_run(workdir: str) -> Path:
 def main(runs_dir: str | None = None, *, check: bool = False, add: list[str] = ()) -> int:
     for workdir in add:
         print("recorded", add_run(workdir))
-    runs = load_runs(Path(runs_dir) if runs_dir else RUNS)
+    every = load_runs(Path(runs_dir) if runs_dir else RUNS)
+    runs = [r for r in every if dataset_of(r) == "fashion_mnist_local"]
+    text = [r for r in every if dataset_of(r) == "fortunes"]
     baselines = load_baselines()
     curves = label_efficiency(runs, baselines)
     doc_path = DOCS / "RESULTS.md"
     doc = doc_path.read_text()
-    new = render(doc, {"runs": runs_table(runs, baselines),
+    new = render(doc, {"runs": runs_table(runs, baselines), "text_runs": text_table(text),
                        "label_efficiency": label_efficiency_table(curves)})
     if check:
         if new != doc:
@@ -180,5 +208,5 @@ def main(runs_dir: str | None = None, *, check: bool = False, add: list[str] = (
     doc_path.write_text(new)
     if curves:
         plot(curves, DOCS / "label_efficiency.png")
-    print(f"wrote {doc_path} ({len(runs)} runs)")
+    print(f"wrote {doc_path} ({len(every)} runs)")
     return 0

@@ -18,6 +18,10 @@ REGISTRY = {
     "context": "jssl.methods.context:ContextPrediction",
     "clip": "jssl.methods.clip:CLIP",
     "siglip": "jssl.methods.siglip:SigLIP",
+    "bert": "jssl.methods.bert:BERT",
+    "roberta": "jssl.methods.bert:BERT",
+    "gpt": "jssl.methods.gpt:GPT",
+    "simcse": "jssl.methods.simcse:SimCSE",
 }
 
 

@@ -107,6 +107,7 @@ def run(config: Any, workdir: str | os.PathLike, mode: str = "train_eval") -> di
     state, method = train(config, workdir, restore_only=(mode == "eval"))
     train_time = time.perf_counter() - t0
     summary = {"method": config.method, "config": config.get("name", config.method),
+               "dataset": config.data.name,
                "command": command_line(), "backbone": backbone(config),
                "init_from": config.get("init_from"),
                "label_fraction": float(config.data.get("label_fraction", 1.0)),
