@@ -46,5 +46,18 @@ lint: $(STAMP)
 test: $(STAMP) data lint
 	$(BIN)/python -m pytest tests
 
+# PyTorch for the peers of bench/compare.py, in its own venv (never in jssl's requirements).
+TORCH_VENV := bench/.venv-torch
+$(TORCH_VENV)/.installed: bench/requirements.txt
+	$(PY) -m venv $(TORCH_VENV)
+	echo '*' > $(TORCH_VENV)/.gitignore
+	$(TORCH_VENV)/bin/pip install -q -r bench/requirements.txt
+	touch $@
+
+bench: $(STAMP) data $(TORCH_VENV)/.installed
+	$(BIN)/python bench/compare.py
+	$(BIN)/python bench/conv_layers.py
+	$(BIN)/python bench/render.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TORCH_VENV) .pytest_cache .ruff_cache

@@ -68,7 +68,61 @@ def augment(r: dict) -> str:
     return "\n".join(rows)
 
 
-RENDERERS: dict[str, Callable[[dict], str]] = {"ring_loss": ring_loss, "augment": augment}
+def results(r: dict) -> str:
+    """bench/compare.py: jssl's CPU train steps (per conv implementation) vs PyTorch."""
+    loads = [x for p in r["results"] for x in p.get("load_avg_1m", [])]
+    rows = [
+        f"Measured by `{r['command']}` on {r['nproc']} cores, {r['backend']}, jax {r['jax']}, "
+        f"torch {r['torch']}, "
+        f"{r['date_utc'][:16].replace('T', ' ')} UTC; 1-minute load average "
+        f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f} during the timed "
+        f"repetitions (shared machine: read the ratios, taken side by side). Update = "
+        f"forward + backward + optimizer on the same prepared inputs, median of "
+        f"{r['results'][0].get('repeats', '?')} alternated repetitions; step = prepare "
+        f"(on-device views/masks) + update.",
+        "",
+        "| preset | batch | jssl conv | update | PyTorch update (threads) | jssl / best PyTorch "
+        "| step ex/s "
+        "| prepare | compile | input pipeline ex/s |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in r["results"]:
+        if "skipped" in p:
+            rows.append(f"| {p['preset']} | | skipped: {p['skipped'][:80]} | | | | | | | |")
+            continue
+        torch_s = {k[6:]: v for k, v in p["update_median_s"].items() if k.startswith("torch")}
+        peer = (", ".join(f"{v * 1e3:.0f} ms ({k})" for k, v in torch_s.items()) if torch_s
+                else (p["note"] or "-"))
+        for impl, j in p["jssl"].items():
+            ratio = f"{j['ratio_vs_torch']:.2f}" if "ratio_vs_torch" in j else "-"
+            rows.append(
+                f"| {p['preset']} | {p['batch']} | {impl} | {j['update_median_s'] * 1e3:.0f} ms "
+                f"| {peer} | {ratio} | {j['step_examples_per_s']:,.0f} | "
+                f"{j['prepare_median_s'] * 1e3:.0f} ms | {j['compile_s']:.1f} s | "
+                f"{j['input_examples_per_s']:,.0f} |")
+    return "\n".join(rows)
+
+
+def conv_layers(r: dict) -> str:
+    """bench/conv_layers.py: per-convolution forward and gradient times."""
+    rows = [
+        f"Measured by `{r['command']}` on {r['nproc']} cores, jax {r['jax']}, "
+        f"{r['date_utc'][:16].replace('T', ' ')} UTC, 1-minute load average "
+        f"{r['load_avg_1m'][0]} → {r['load_avg_1m'][1]}; batch {r['batch']}, median ms.",
+        "",
+        "| layer (side, C_in→C_out, k, stride) | forward | dX | dW (XLA) | dW chunked scan "
+        "| dW whole-batch im2col |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for x in r["results"]:
+        rows.append(f"| {x['side']}, {x['cin']}→{x['cout']}, {x['kernel']}, {x['stride']} | "
+                    f"{x['fwd_ms']:.1f} | {x['dx_ms']:.1f} | {x['dw_xla_ms']:.1f} | "
+                    f"{x['dw_chunked_ms']:.1f} | {x['dw_im2col_ms']:.1f} |")
+    return "\n".join(rows)
+
+
+RENDERERS: dict[str, Callable[[dict], str]] = {"ring_loss": ring_loss, "augment": augment,
+                                               "results": results, "conv_layers": conv_layers}
 
 
 def render(doc: Path) -> bool:

@@ -29,6 +29,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jssl.models.conv import IMPLS as CONV_IMPLS
+from jssl.models.conv import Conv
+
 Dtype = Any
 
 _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision kaiming
@@ -41,6 +44,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "resnet101": dict(block="bottleneck", stage_sizes=(3, 4, 23, 3),
                       widths=(64, 128, 256, 512)),
 }
+
+
+def conv_class(impl: str) -> Any:
+    """``nn.Conv`` for ``"xla"``; :class:`jssl.models.conv.Conv` (same params, faster kernel
+    gradient on CPU) for ``"fast"``."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl={impl!r}: use one of {CONV_IMPLS}")
+    return nn.Conv if impl == "xla" else functools.partial(Conv, impl=impl)
 
 
 def _norm_factory(norm: str, *, train: bool, axis_name: str | None, momentum: float,
@@ -71,11 +82,12 @@ class BasicBlock(nn.Module):
     make_norm: Any = None
     zero_init_residual: bool = False
     dtype: Dtype = jnp.float32
+    conv_impl: str = "xla"
     expansion = 1
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+        conv = functools.partial(conv_class(self.conv_impl), use_bias=False, dtype=self.dtype,
                                  kernel_init=_CONV_INIT)
         s = (self.strides, self.strides)
         y = conv(self.features, (3, 3), s, padding=((1, 1), (1, 1)), name="conv1")(x)
@@ -96,11 +108,12 @@ class Bottleneck(nn.Module):
     make_norm: Any = None
     zero_init_residual: bool = False
     dtype: Dtype = jnp.float32
+    conv_impl: str = "xla"
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+        conv = functools.partial(conv_class(self.conv_impl), use_bias=False, dtype=self.dtype,
                                  kernel_init=_CONV_INIT)
         out = self.features * 4
         s = (self.strides, self.strides)
@@ -140,6 +153,10 @@ class ResNet(nn.Module):
       zero_init_residual: zero-init the last norm scale of each block (Goyal et al. 2017).
       return_feature_map: also return the last feature map ``[B, H', W', C]``.
       dtype: computation dtype (params stay float32).
+      conv_impl: ``"fast"`` (``jssl.models.conv.Conv``: ``nn.Conv``'s params and result,
+        a chunked kernel gradient on high-resolution CPU layers; the default: never slower
+        in docs/performance.md's measurements, 20-25 % faster SimCLR steps on a loaded
+        2-core CPU, within noise on an idle one) or ``"xla"`` (``nn.Conv``).
     """
 
     block: str = "basic"
@@ -154,6 +171,7 @@ class ResNet(nn.Module):
     zero_init_residual: bool = False
     return_feature_map: bool = False
     dtype: Dtype = jnp.float32
+    conv_impl: str = "fast"
 
     def _check(self, x: jnp.ndarray) -> None:
         if self.block not in ("basic", "bottleneck"):
@@ -190,17 +208,18 @@ class ResNet(nn.Module):
                                   momentum=self.bn_momentum, num_groups=self.num_groups,
                                   dtype=self.dtype)
         x = x.astype(self.dtype)
+        conv = conv_class(self.conv_impl)
         w0 = self.widths[0] * self.width
         if self.stem == "imagenet":
-            x = nn.Conv(w0, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                        dtype=self.dtype, kernel_init=_CONV_INIT, name="stem_conv")(x)
+            x = conv(w0, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+                     dtype=self.dtype, kernel_init=_CONV_INIT, name="stem_conv")(x)
             x = nn.relu(make_norm(w0, name="stem_norm")(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         else:
             if self.stem == "s2d":
                 x = space_to_depth(x, 2)
-            x = nn.Conv(w0, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
-                        kernel_init=_CONV_INIT, name="stem_conv")(x)
+            x = conv(w0, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
+                     kernel_init=_CONV_INIT, name="stem_conv")(x)
             x = nn.relu(make_norm(w0, name="stem_norm")(x))
         block_cls = BasicBlock if self.block == "basic" else Bottleneck
         for i, (n_blocks, w) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
@@ -208,7 +227,7 @@ class ResNet(nn.Module):
                 strides = 2 if (i > 0 and j == 0) else 1
                 x = block_cls(w * self.width, strides=strides, make_norm=make_norm,
                               zero_init_residual=self.zero_init_residual, dtype=self.dtype,
-                              name=f"stage{i + 1}_block{j + 1}")(x)
+                              conv_impl=self.conv_impl, name=f"stage{i + 1}_block{j + 1}")(x)
         pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
         if self.return_feature_map:
             return pooled, x

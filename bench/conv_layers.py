@@ -1,0 +1,99 @@
+"""Benchmark: XLA:CPU time of each convolution of the tiny CIFAR-stem ResNet, batch 512.
+
+    .venv/bin/python bench/conv_layers.py
+
+Per layer (side, C_in → C_out, kernel, stride; 512 NHWC images): the forward, the input
+gradient and the kernel gradient as XLA differentiates ``lax.conv_general_dilated``,
+and the kernel gradient as ``jssl.models.conv.chunked_kernel_grad`` computes it (a scan
+over chunks of 8 images of im2col matmuls) and as one whole-batch im2col matmul. Median of
+``--repeats`` jitted calls; ``os.getloadavg()`` at the start and end. Writes
+``bench/conv_layers.json`` (``python bench/render.py`` makes the table in
+docs/performance.md). The chunked result is checked against XLA's before timing.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax import lax
+
+from jssl.models.conv import _patches, chunked_kernel_grad
+
+LAYERS = [(28, 1, 8, 3, 1), (28, 8, 8, 3, 1), (28, 8, 16, 3, 2), (28, 8, 16, 1, 2),
+          (14, 16, 16, 3, 1), (14, 16, 32, 3, 2), (7, 32, 32, 3, 1), (7, 32, 64, 3, 2),
+          (4, 64, 64, 3, 1)]
+
+
+def _median(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_layer(side, cin, cout, k, s, batch, repeats) -> dict:
+    p = (k - 1) // 2
+    pads = ((p, p), (p, p))
+
+    def conv(x, w):
+        return lax.conv_general_dilated(x, w, (s, s), pads,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    key_x, key_w, key_dy = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(key_x, (batch, side, side, cin))
+    w = jax.random.normal(key_w, (k, k, cin, cout))
+    dy = jax.random.normal(key_dy, conv(x, w).shape)
+    fns = {
+        "fwd": (jax.jit(conv), (x, w)),
+        "dx": (jax.jit(lambda w, dy: jax.vjp(lambda x_: conv(x_, w), x)[1](dy)[0]), (w, dy)),
+        "dw_xla": (jax.jit(lambda x, dy: jax.vjp(lambda w_: conv(x, w_), w)[1](dy)[0]),
+                   (x, dy)),
+        "dw_chunked": (jax.jit(lambda x, dy: chunked_kernel_grad(x, dy, (k, k), (s, s), pads)),
+                       (x, dy)),
+        "dw_im2col": (jax.jit(lambda x, dy: (_patches(x, (k, k), (s, s), pads, dy.shape[1:3]).T
+                                             @ dy.reshape(-1, cout)).reshape(k, k, cin, cout)),
+                      (x, dy)),
+    }
+    ref = np.asarray(fns["dw_xla"][0](x, dy))
+    np.testing.assert_allclose(fns["dw_chunked"][0](x, dy), ref, rtol=1e-3,
+                               atol=1e-4 * np.abs(ref).max())
+    out = {"side": side, "cin": cin, "cout": cout, "kernel": k, "stride": s}
+    for name, (fn, args) in fns.items():
+        out[f"{name}_ms"] = round(_median(fn, *args, repeats=repeats) * 1e3, 2)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    args = parser.parse_args()
+    load_start = os.getloadavg()[0]
+    results = []
+    for layer in LAYERS:
+        r = bench_layer(*layer, args.batch, args.repeats)
+        print(r, flush=True)
+        results.append(r)
+    report = {"command": f"python bench/conv_layers.py --batch {args.batch} --repeats "
+                         f"{args.repeats}",
+              "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+              "jax": jax.__version__, "nproc": os.cpu_count(), "batch": args.batch,
+              "load_avg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+              "results": results}
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
