@@ -262,3 +262,18 @@ def test_resume_is_bit_exact(tmp_path):
     for _ in range(3):
         resumed = train_step(resumed)
     _assert_tree_equal(resumed, straight)
+
+
+def test_relative_workdir_saves_async_and_restores(tmp_path, monkeypatch):
+    """`--workdir=runs/x` (relative, as in `make quickstart`): TensorStore needs absolute
+    paths, so the checkpointer resolves it; an async save must commit, not fail late."""
+    monkeypatch.chdir(tmp_path)
+    state = _state(2)
+    with Checkpointer("runs/rel", async_save=True) as ckpt:
+        assert ckpt.directory.is_absolute()
+        ckpt.save(5, state, force=True)
+        ckpt.wait()
+        assert ckpt.all_steps() == [5]
+    with Checkpointer("runs/rel") as ckpt:
+        _assert_tree_equal(ckpt.restore(target=state).state, state)
+    assert (tmp_path / "runs" / "rel" / "checkpoints" / "5").is_dir()

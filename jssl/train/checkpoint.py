@@ -37,6 +37,7 @@ import dataclasses
 import gc
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -133,6 +134,8 @@ class Checkpointer:
                  save_interval_steps: int = 1, async_save: bool = True):
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"max_to_keep={max_to_keep} must be >= 1 (or None to keep all)")
+        if "://" not in str(workdir):  # Orbax/TensorStore need absolute local paths
+            workdir = os.path.abspath(workdir)
         self.directory = epath.Path(workdir) / "checkpoints"
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
