@@ -139,4 +139,12 @@ def format_results(summary: dict) -> str:
         number = (f"{100 * r['accuracy']:6.2f} %" if "accuracy" in r
                   else f"{r['value']:8.2f}")  # e.g. a perplexity
         lines.append(f"  {r['protocol']:34s} {number}")
+    if summary.get("dataset") == "fashion_mnist_local" and summary["results"]:
+        from jssl.evaluate.results_doc import load_baselines
+
+        base = load_baselines()  # bench/baselines.json (python bench/baselines.py)
+        for (kind, frac), acc in sorted(base.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+            name = ("raw pixels: kNN (k=20)" if kind == "knn20"
+                    else f"raw pixels: logistic regr. ({frac:.0%})")
+            lines.append(f"  {name:34s} {100 * acc:6.2f} %   (baseline)")
     return "\n".join(lines)
