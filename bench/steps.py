@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from jssl.data.inputs import train_loader
 from jssl.data.pipeline import to_global_batch
@@ -124,5 +123,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=4)
     main()

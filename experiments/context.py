@@ -43,9 +43,7 @@ def base() -> ml_collections.ConfigDict:
                                               "use_bn": True})
     c.method_params = ml_collections.ConfigDict({"patch_size": 8, "gap": 1, "jitter": 1})
     c.augment = ml_collections.ConfigDict({"size": 28, "scale": (0.5, 1.0), "flip_p": 0.5})
-    c.optim = ml_collections.ConfigDict(
-        {"name": "sgd", "base_lr": 0.1, "lr_scaling": "linear", "weight_decay": 5e-4,
-         "momentum": 0.9, "schedule": "cosine", "warmup_steps": 50, "end_lr_factor": 0.0})
+    c.optim = configs.momentum_optim("sgd", 0.1, 5e-4)
     return c
 
 

@@ -64,11 +64,9 @@ def base() -> ml_collections.ConfigDict:
          "warmup_teacher_temp": 0.04, "teacher_temp": 0.04, "teacher_temp_warmup_steps": 0})
 
     steps_per_epoch = FMNIST_TRAIN // c.train.batch_size
-    c.optim = ml_collections.ConfigDict(
-        {"name": "lars", "base_lr": 0.3, "lr_scaling": "linear", "weight_decay": 1e-6,
-         "momentum": 0.9, "schedule": "cosine", "warmup_steps": 50, "end_lr_factor": 0.0,
-         "clip_grad_norm": 3.0, "clip_per_param": True,
-         "freeze_pattern": "last_layer", "freeze_steps": steps_per_epoch})
+    c.optim = configs.momentum_optim(
+        "lars", 0.3, 1e-6, clip_grad_norm=3.0, clip_per_param=True,
+        freeze_pattern="last_layer", freeze_steps=steps_per_epoch)
     return c
 
 

@@ -47,9 +47,7 @@ def base() -> ml_collections.ConfigDict:
         {"queue_size": 4096, "momentum": 0.99, "momentum_schedule": "constant",
          "shuffle_bn_group": 32})
 
-    c.optim = ml_collections.ConfigDict(
-        {"name": "sgd", "base_lr": 0.06, "lr_scaling": "linear", "weight_decay": 5e-4,
-         "momentum": 0.9, "schedule": "cosine", "warmup_steps": 0, "end_lr_factor": 0.0})
+    c.optim = configs.momentum_optim("sgd", 0.06, 5e-4, warmup_steps=0)
     return c
 
 

@@ -66,9 +66,7 @@ def base() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict({"temperature": 0.2})
     c.method_params = ml_collections.ConfigDict({"momentum": 0.99})
 
-    c.optim = ml_collections.ConfigDict(
-        {"name": "lars", "base_lr": 0.3, "lr_scaling": "linear", "weight_decay": 1e-6,
-         "momentum": 0.9, "schedule": "cosine", "warmup_steps": 50, "end_lr_factor": 0.0})
+    c.optim = configs.momentum_optim("lars", 0.3, 1e-6)
     return c
 
 

@@ -36,6 +36,16 @@ def base(method: str) -> ml_collections.ConfigDict:
     return c
 
 
+def momentum_optim(name: str, base_lr: float, weight_decay: float, *,
+                   warmup_steps: int = 50, **extra) -> ml_collections.ConfigDict:
+    """``config.optim`` for LARS / SGD with momentum 0.9: lr = base_lr × B/256, linear
+    warm-up then cosine decay to 0; ``extra`` adds fields (clipping, freezing ...)."""
+    return ml_collections.ConfigDict(
+        {"name": name, "base_lr": base_lr, "lr_scaling": "linear",
+         "weight_decay": weight_decay, "momentum": 0.9, "schedule": "cosine",
+         "warmup_steps": warmup_steps, "end_lr_factor": 0.0, **extra})
+
+
 def make_tiny(c: ml_collections.ConfigDict) -> None:
     """The CI smoke-test scale: 4 steps of batch 16, one kNN and one probe."""
     c.train.batch_size = 16

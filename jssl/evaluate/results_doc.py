@@ -56,6 +56,12 @@ def _pct(x: float | None) -> str:
 STANDARD = ("linear", "knn", "scratch", "finetune")
 
 
+def _load(run: dict) -> str:
+    """' (2.1)' after a wall time: the run's 1-minute load average at its end, if recorded."""
+    load = run.get("load_avg_1m")
+    return "" if load is None else f" ({load:.1f})"
+
+
 def _value(r: dict) -> str:
     return f"{100 * r['accuracy']:.2f} %" if "accuracy" in r else f"{r['value']:.2f}"
 
@@ -74,11 +80,9 @@ def text_table(runs: list[dict]) -> str:
     for run in runs:
         pretext = "; ".join(f"{r['protocol']} {_value(r)}" for r in run["results"]
                             if not r.get("kind", "").startswith("linear")) or "–"
-        load = run.get("load_avg_1m")
-        load = "" if load is None else f" ({load:.1f})"
         rows.append(
             f"| {run['config']} | {run['method']} | {run.get('epochs', 0):.2f} "
-            f"| {run['train_wall_s'] / 60:.1f} min{load} | {pretext} "
+            f"| {run['train_wall_s'] / 60:.1f} min{_load(run)} | {pretext} "
             f"| {_pct(_find(run, 'linear'))} / {_pct(_find(run, 'linear', 0.1))} "
             f"| {_pct(_find(run, 'linear_random_init'))} / "
             f"{_pct(_find(run, 'linear_random_init', 0.1))} "
@@ -100,11 +104,9 @@ def runs_table(runs: list[dict], baselines: dict) -> str:
         labels = "" if _is_ssl(run) else f", {run.get('label_fraction', 1.0):.0%} labels"
         other = "; ".join(f"{r['protocol']} {_value(r)}" for r in run.get("results", [])
                           if r.get("kind") not in STANDARD) or "–"
-        load = run.get("load_avg_1m")
-        load = "" if load is None else f" ({load:.1f})"
         rows.append(
             f"| {run['config']} | {run['method']}{labels} | {run['backbone']} "
-            f"| {run.get('epochs', 0):.1f} | {run['train_wall_s'] / 60:.1f} min{load} "
+            f"| {run.get('epochs', 0):.1f} | {run['train_wall_s'] / 60:.1f} min{_load(run)} "
             f"| {_pct(_find(run, 'linear'))} | {_pct(_find(run, 'knn', k=20))} "
             f"| {_pct(_find(run, 'linear', 0.01))} | {_pct(own)} | {other} "
             f"| {run['hardware']}, {run['date']} | `{run['command']}` |")
