@@ -24,13 +24,18 @@ $(STAMP): $(BIN)/python requirements.txt requirements-test.txt setup.py
 
 venv: $(STAMP)
 
-# Fashion-MNIST from Debian's package (offline, no download at run time).
+# Embedded real data from Debian's packages (offline, no download at run time):
+# Fashion-MNIST IDX files, the fortunes corpus, and espeak-ng for the spoken digits.
+DEB_DATA := $(FMNIST_DIR)/train-images-idx3-ubyte.gz:dataset-fashion-mnist \
+            /usr/share/games/fortunes/fortunes:fortunes /usr/bin/espeak-ng:espeak-ng
 data:
-	@if [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+	@missing=""; for pair in $(DEB_DATA); do \
+	  [ -e "$${pair%%:*}" ] || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null; then \
-	    ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist) \
-	      || echo "warning: could not apt-get install dataset-fashion-mnist"; \
-	  else echo "install Debian's dataset-fashion-mnist (IDX files in $(FMNIST_DIR))"; fi; \
+	    ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing) \
+	      || echo "warning: could not apt-get install$$missing"; \
+	  else echo "install Debian's packages:$$missing"; fi; \
 	fi
 
 quickstart: $(STAMP) data

@@ -206,3 +206,15 @@ def test_unknown_method_and_unwritable_workdir(tmp_path):
     blocked.write_text("x")
     with pytest.raises(ValueError, match=r"--workdir=.* is not writable"):
         check_workdir(blocked / "sub")
+
+
+def test_workdir_check_is_safe_when_processes_probe_at_once(tmp_path):
+    """All processes of a multi-process run check the same workdir at the same moment (a shared
+    probe name once made one process fail with "not writable (No such file or directory)")."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jssl.train.loop import check_workdir
+
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda _: check_workdir(tmp_path / "run"), range(400)))
+    assert set(paths) == {tmp_path / "run"} and list((tmp_path / "run").iterdir()) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,14 @@ log = logging.getLogger(__name__)
 
 
 def check_workdir(workdir: str | os.PathLike) -> Path:
+    """Create ``workdir`` and prove it writable with a probe file of a unique name: every
+    process of a multi-process run probes the same directory at once, so a shared name would
+    let one process delete another's probe."""
     path = Path(workdir)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test."):
+            pass
     except OSError as e:
         raise ValueError(f"--workdir={workdir} is not writable ({e.strerror}); pass a directory "
                          f"you can write to") from e
