@@ -26,6 +26,8 @@ from jssl.data.host_transforms import RandomResizedCrop
 from jssl.data.pipeline import ArraySource, iterator_state, make_loader, restore_iterator
 from jssl.train.checkpoint import Checkpointer
 
+# One pytest-xdist worker runs this whole module: its runs are timed against heartbeats.
+pytestmark = pytest.mark.xdist_group("multihost")
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 4
 # No warm-up and a small lr (peak 0.01 x 16 / 256): every step moves the params, but the
