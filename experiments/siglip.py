@@ -11,7 +11,8 @@ fashion_mnist  The same data, towers, captions, optimizer and evaluation as
                clamped at 100) in place of the softmax one.
                python -m jssl.main --config=experiments/siglip.py:fashion_mnist \
                    --workdir=runs/siglip_fmnist
-               2-core CPU: about as long as clip.py:fashion_mnist (~10 min); not measured.
+               2-core CPU: 3.7 min of training (800 steps); zero-shot 81.07 % (in
+               docs/RESULTS.md with recall@1/5).
 coco_b16       The paper's B/16 scale (§4): ViT-B/16 image tower at 224 px, B-size text
                tower (here CLIP's 12 × 512, 77 tokens, 49 408-word vocabulary), batch 32 768,
                AdamW lr 1e-3 (no batch scaling), wd 1e-4, β2 0.95 (the paper's setting for
