@@ -6,14 +6,14 @@ tiny           CI smoke test: a few steps of a tiny ResNet on Fashion-MNIST.
                python -m jssl.main --config=experiments/byol.py:tiny --workdir=/tmp/t
                any CPU, seconds; no metric expected.
 fashion_mnist  Pretrain without labels on the 60 000 Fashion-MNIST training images (the same
-               encoder and data as simclr.py:fashion_mnist), then kNN and linear probes on the
+               encoder and data as simclr.py:fashion_mnist_tiny), then kNN and linear probes on the
                10 000 test images. Projector and predictor 256 → 64, LARS base lr 0.3 (as
                SimCLR's quickstart), τ_base 0.99 (BYOL's value for short runs; 0.996 is tuned for
                1000 epochs and leaves the target almost frozen over 1000 steps). No blur at 28 px
                (as SimCLR's quickstart), solarize 0 / 0.2 kept.
                python -m jssl.main --config=experiments/byol.py:fashion_mnist \
                    --workdir=runs/byol_fmnist
-               2-core CPU; about 1.5× simclr.py:fashion_mnist (one more encoder forward per
+               2-core CPU; about 1.5× simclr.py:fashion_mnist_tiny (one more encoder forward per
                view, no backward); wall time and accuracy not measured yet.
 imagenet_r50   The paper's ImageNet recipe (§3.2, App. C): ResNet-50, batch 4096, LARS with
                lr 0.2 × B/256 = 3.2, cosine decay, 10 warm-up epochs, weight decay 1.5e-6

@@ -7,7 +7,7 @@ tiny           CI smoke test: a few steps of a tiny ResNet on Fashion-MNIST.
                python -m jssl.main --config=experiments/context.py:tiny --workdir=/tmp/t
                any CPU, seconds; no metric expected.
 fashion_mnist  Pretrain without labels on the 60 000 Fashion-MNIST training images (the same
-               encoder and data as simclr.py:fashion_mnist), then kNN and linear probes on the
+               encoder and data as simclr.py:fashion_mnist_tiny), then kNN and linear probes on the
                10 000 test images. 28 px views (crop scale 0.5–1 + flip), 8 px patches, gap
                1 px, jitter ±1 px (3·8 + 2·(1 + 1) = 28: the layout fills the view); siamese
                encoder on centre and neighbour, head Linear-BN-ReLU-Linear on the two
@@ -17,7 +17,7 @@ fashion_mnist  Pretrain without labels on the 60 000 Fashion-MNIST training imag
                python -m jssl.main --config=experiments/context.py:fashion_mnist \
                    --workdir=runs/context_fmnist
                2-core CPU; 2 × 256 patches of 8 px per step, cheaper than
-               simclr.py:fashion_mnist; wall time and accuracy not measured yet.
+               simclr.py:fashion_mnist_tiny; wall time and accuracy not measured yet.
 imagenet_r50   The paper's patch geometry with a ResNet-50 instead of its AlexNet-style pair
                network: 96 px patches, 48 px gap, jitter ±7 px, taken from 398 px views
                (3·96 + 2·(48 + 7); the paper resizes images to 150k–450k pixels), crop scale

@@ -8,7 +8,7 @@ tiny             CI smoke test: a few steps of a tiny ViT (patch 4, learned posi
                  python -m jssl.main --config=experiments/dino.py:tiny --workdir=/tmp/t
                  any CPU, seconds; no metric expected.
 fashion_mnist    Pretrain without labels on the 60 000 Fashion-MNIST training images (the same
-                 tiny ResNet and data as simclr.py:fashion_mnist: its global pooling takes any
+                 tiny ResNet and data as simclr.py:fashion_mnist_tiny: its global pooling takes any
                  crop size), then kNN and linear probes of the *teacher* on the 10 000 test
                  images. 2 global 28 px crops (scale 0.4–1) + 6 local 12 px crops (0.05–0.4:
                  DINO's 96/224 ratio), no blur at 28 px; head 256 → 64 → 1024 prototypes
@@ -18,7 +18,7 @@ fashion_mnist    Pretrain without labels on the 60 000 Fashion-MNIST training im
                  param, as DINO), last layer frozen for the first epoch (234 steps).
                  python -m jssl.main --config=experiments/dino.py:fashion_mnist \
                      --workdir=runs/dino_fmnist
-                 2-core CPU; about 2× simclr.py:fashion_mnist (the 6 local crops add ~55 %
+                 2-core CPU; about 2× simclr.py:fashion_mnist_tiny (the 6 local crops add ~55 %
                  pixels, plus a teacher forward); wall time and accuracy not measured yet.
 imagenet_vits16  The official "boosted" ViT-S/16 run (README: 300 epochs, τ_t 0.04 → 0.07 over
                  30 epochs, ``--norm_last_layer false``) with main_dino.py's defaults: batch

@@ -7,7 +7,7 @@ tiny           CI smoke test: a few steps of a tiny ResNet on Fashion-MNIST, 8 p
                python -m jssl.main --config=experiments/jigsaw.py:tiny --workdir=/tmp/t
                any CPU, seconds; no metric expected.
 fashion_mnist  Pretrain without labels on the 60 000 Fashion-MNIST training images (the same
-               encoder and data as simclr.py:fashion_mnist), then kNN and linear probes on the
+               encoder and data as simclr.py:fashion_mnist_tiny), then kNN and linear probes on the
                10 000 test images. 28 px views (crop scale 0.5–1 + flip) cut into 3 × 3 cells
                of 9 px, 8 px tiles (jitter 1), each tile normalised; 100 permutations
                (maximal Hamming set, minimum distance 6); head Linear-BN-ReLU-Linear on the 9
@@ -17,7 +17,7 @@ fashion_mnist  Pretrain without labels on the 60 000 Fashion-MNIST training imag
                python -m jssl.main --config=experiments/jigsaw.py:fashion_mnist \
                    --workdir=runs/jigsaw_fmnist
                2-core CPU; 9 × 256 tiles of 8 px per step, about the cost of
-               simclr.py:fashion_mnist; wall time and accuracy not measured yet.
+               simclr.py:fashion_mnist_tiny; wall time and accuracy not measured yet.
 imagenet_r50   The paper's puzzle geometry with a ResNet-50 instead of its AlexNet-based
                context-free network: 225 px views (crop scale 0.08–1 + flip), 75 px cells,
                64 px tiles (jitter 11), 1000 permutations chosen from 10 000 random candidates

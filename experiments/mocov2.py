@@ -8,14 +8,14 @@ tiny           CI smoke test: a few steps of a tiny ResNet on Fashion-MNIST, que
                python -m jssl.main --config=experiments/mocov2.py:tiny --workdir=/tmp/t
                any CPU, seconds; no metric expected.
 fashion_mnist  Pretrain without labels on the 60 000 Fashion-MNIST training images (the same
-               encoder and data as simclr.py:fashion_mnist), then kNN and linear probes on the
+               encoder and data as simclr.py:fashion_mnist_tiny), then kNN and linear probes on the
                10 000 test images. Queue K = 4096, T = 0.2, MLP head 256 → 64 (no BN, as MoCo
                v2), shuffle-BN groups of 32, SGD lr 0.06 × B/256, wd 5e-4, cosine (the values
                of MoCo's CIFAR-10 demo), momentum m = 0.99: 1000 steps are too short for 0.999,
                whose key encoder averages over the last ~1000 steps.
                python -m jssl.main --config=experiments/mocov2.py:fashion_mnist \
                    --workdir=runs/mocov2_fmnist
-               2-core CPU; about 1.5× simclr.py:fashion_mnist (one more encoder forward, no
+               2-core CPU; about 1.5× simclr.py:fashion_mnist_tiny (one more encoder forward, no
                backward); wall time and accuracy not measured yet.
 imagenet_r50   The paper's ImageNet recipe (Chen et al. 2020, Table 1, 200 epochs): ResNet-50,
                batch 256, SGD momentum 0.9, lr 0.03 cosine without warm-up, weight decay 1e-4,

@@ -7,7 +7,7 @@ tiny             CI smoke test: a few steps of a tiny ResNet on Fashion-MNIST.
                  python -m jssl.main --config=experiments/mocov3.py:tiny --workdir=/tmp/t
                  any CPU, seconds; no metric expected.
 fashion_mnist    Pretrain without labels on the 60 000 Fashion-MNIST training images (the same
-                 encoder and data as simclr.py:fashion_mnist), then kNN and linear probes on
+                 encoder and data as simclr.py:fashion_mnist_tiny), then kNN and linear probes on
                  the 10 000 test images. Projector and predictor 256 → 64 (BN, last BN without
                  affine, as the official heads), T = 0.2 (the ViT value, also solo-learn's
                  CIFAR ResNet value; the official T = 1.0 belongs to the batch-4096 ResNet-50
@@ -15,7 +15,7 @@ fashion_mnist    Pretrain without labels on the 60 000 Fashion-MNIST training im
                  0.99 → 1 cosine, BYOL views without blur at 28 px (as byol.py:fashion_mnist).
                  python -m jssl.main --config=experiments/mocov3.py:fashion_mnist \
                      --workdir=runs/mocov3_fmnist
-                 2-core CPU; about 1.5× simclr.py:fashion_mnist (one more encoder forward per
+                 2-core CPU; about 1.5× simclr.py:fashion_mnist_tiny (one more encoder forward per
                  view, no backward); wall time and accuracy not measured yet.
 imagenet_vits16  The paper's ViT-S/16 recipe (§4, official CONFIG.md): batch 4096, AdamW lr
                  1.5e-4 × B/256, wd 0.1, 300 epochs with 40 warm-up epochs, cosine; momentum

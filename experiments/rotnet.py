@@ -7,7 +7,7 @@ tiny           CI smoke test: a few steps of a tiny ResNet on Fashion-MNIST.
                python -m jssl.main --config=experiments/rotnet.py:tiny --workdir=/tmp/t
                any CPU, seconds; no metric expected.
 fashion_mnist  Pretrain without labels on the 60 000 Fashion-MNIST training images (the same
-               encoder and data as simclr.py:fashion_mnist), then kNN and linear probes on the
+               encoder and data as simclr.py:fashion_mnist_tiny), then kNN and linear probes on the
                10 000 test images. Every image in all 4 rotations (4 × 256 encoder inputs per
                step), crop scale 0.2–1 + flip, head Linear-BN-ReLU-Linear (256 hidden),
                SGD momentum 0.9, lr 0.1 × B/256, wd 5e-4, cosine with 50 warm-up steps.
@@ -15,7 +15,7 @@ fashion_mnist  Pretrain without labels on the 60 000 Fashion-MNIST training imag
                (a shirt at 0° vs 180°), which caps the pretext accuracy.
                python -m jssl.main --config=experiments/rotnet.py:fashion_mnist \
                    --workdir=runs/rotnet_fmnist
-               2-core CPU; about 2× simclr.py:fashion_mnist (1024 vs 512 encoder inputs per
+               2-core CPU; about 2× simclr.py:fashion_mnist_tiny (1024 vs 512 encoder inputs per
                step); wall time and accuracy not measured yet.
 imagenet_r50   ImageNet-scale RotNet with a ResNet-50 (the paper's ImageNet model is an
                AlexNet; Kolesnikov et al. 2019 ran rotation with ResNet-50): batch 256 images

@@ -8,10 +8,17 @@ tiny           CI smoke test: a few steps of a tiny ResNet on Fashion-MNIST.
 fashion_mnist  The quickstart: pretrain without labels on the 60 000 Fashion-MNIST training
                images, then kNN and linear probes on the 10 000 test images.
                python -m jssl.main --config=experiments/simclr.py:fashion_mnist \
-                   --workdir=runs/simclr_fmnist
-               Tiny CIFAR-stem ResNet (64-d features), batch 256, 2000 steps (8.5 epochs),
-               LARS with lr 1.2 (square-root rule). 2-core CPU, ≤ 15 min in all; the
-               measured wall time and accuracy are in docs/RESULTS.md.
+                   --workdir=runs/simclr_fashion_mnist
+               CIFAR-stem ResNet ``tiny_wide`` (widths 8-16-32-256: 256-d features), batch 256,
+               1500 steps (6.4 epochs), LARS with lr 1.2 (square-root rule). 2-core CPU,
+               <= 15 min in all; the measured wall time and accuracy are in docs/RESULTS.md.
+fashion_mnist_tiny
+               The first quickstart: the same with the ``tiny`` ResNet (widths 8-16-32-64:
+               64-d features) for 2000 steps (8.5 epochs): ~1.4x faster per step, but its
+               64-d features probe below raw pixels. The other methods' fashion_mnist presets
+               and the label-efficiency runs use this encoder.
+               python -m jssl.main --config=experiments/simclr.py:fashion_mnist_tiny \
+                   --workdir=runs/simclr_fashion_mnist_tiny
 imagenet_r50   The paper's ImageNet recipe: ResNet-50, batch 4096, LARS lr 0.3×B/256 = 4.8,
                weight decay 1e-6, T = 0.1, 100 epochs with 10 warm-up epochs, 224 px views,
                colour strength 1.0 with blur; mesh over all devices (e.g. a TPU v3-32 pod).
@@ -22,7 +29,7 @@ import ml_collections
 
 from jssl import configs
 
-PRESETS = ("tiny", "fashion_mnist", "imagenet_r50")
+PRESETS = ("tiny", "fashion_mnist", "fashion_mnist_tiny", "imagenet_r50")
 
 
 def base() -> ml_collections.ConfigDict:
@@ -47,7 +54,7 @@ def get_config(arg: str = "fashion_mnist") -> ml_collections.ConfigDict:
         c.optim.warmup_steps = 1
         c.model.projector.hidden_dim = 32
         c.model.projector.out_dim = 16
-    elif arg == "fashion_mnist":
+    elif arg in ("fashion_mnist", "fashion_mnist_tiny"):
         # Short schedule: the paper's square-root rule (App. B.1, lr = 0.075·√B, better than
         # the linear rule for few epochs) gives 1.2 at B = 256; at 1000 steps it beat
         # 0.3 × B/256 on the linear probe here (--config.optim.base_lr=0.3
@@ -56,6 +63,11 @@ def get_config(arg: str = "fashion_mnist") -> ml_collections.ConfigDict:
         c.optim.lr_scaling = "sqrt"
         c.train.steps = 2000
         c.checkpoint.every = 1000
+        if arg == "fashion_mnist":
+            # A 256-wide last stage: at 1500 steps its linear probe beat the tiny encoder's
+            # at 2000 steps in about the same time (both runs are in docs/RESULTS.md).
+            c.model.encoder.preset = "tiny_wide"
+            c.train.steps = 1500
     elif arg == "imagenet_r50":
         configs.use_imagenet(c)
         c.model.projector = ml_collections.ConfigDict(

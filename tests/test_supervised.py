@@ -122,6 +122,9 @@ def test_results_doc_tables_and_label_efficiency_curves(tmp_path):
                     lin + [{"kind": "knn", "k": 20, "label_fraction": 1.0, "accuracy": 0.85}]),
         _run_record("byol_a", "byol", "resnet tiny",
                     [{"kind": "linear", "label_fraction": 1.0, "accuracy": 0.80}]),
+        # A better SSL run on another backbone: not on the curves (same backbone everywhere).
+        _run_record("simclr_wide", "simclr", "resnet tiny_wide",
+                    [{"kind": "linear", "label_fraction": 1.0, "accuracy": 0.95}]),
         *[_run_record(f"scratch_{f}", "supervised", "resnet tiny",
                       [{"kind": "scratch", "label_fraction": f, "accuracy": a}], fraction=f)
           for f, a in ((0.01, 0.70), (0.1, 0.82), (1.0, 0.91))],

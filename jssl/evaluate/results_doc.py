@@ -120,8 +120,14 @@ def runs_table(runs: list[dict], baselines: dict) -> str:
 
 
 def label_efficiency(runs: list[dict], baselines: dict) -> dict[str, dict[float, float]]:
-    """{curve name: {label fraction: accuracy}} for the best SSL run and the baselines."""
-    ssl = [r for r in runs if _is_ssl(r) and _find(r, "linear") is not None]
+    """{curve name: {label fraction: accuracy}} for the best SSL run and the baselines.
+
+    Same backbone on every curve: the SSL run is the best of those whose backbone is the
+    supervised runs' (the most common one when they differ)."""
+    supervised = [r["backbone"] for r in runs if r["method"] == "supervised"]
+    same = max(set(supervised), key=supervised.count) if supervised else None
+    ssl = [r for r in runs if _is_ssl(r) and _find(r, "linear") is not None
+           and (same is None or r["backbone"] == same)]
     curves: dict[str, dict[float, float]] = {}
     if ssl:
         best = max(ssl, key=lambda r: _find(r, "linear"))
@@ -131,7 +137,8 @@ def label_efficiency(runs: list[dict], baselines: dict) -> dict[str, dict[float,
                        ("scratch", "supervised from scratch")):
         points = {}
         for r in runs:
-            if r["method"] == "supervised" and (a := _find(r, kind, r["label_fraction"])):
+            if (r["method"] == "supervised" and r["backbone"] == same
+                    and (a := _find(r, kind, r["label_fraction"]))):
                 points[r["label_fraction"]] = max(a, points.get(r["label_fraction"], 0.0))
         if points:
             curves[name] = points
