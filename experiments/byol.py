@@ -13,8 +13,8 @@ fashion_mnist  Pretrain without labels on the 60 000 Fashion-MNIST training imag
                (as SimCLR's quickstart), solarize 0 / 0.2 kept.
                python -m jssl.main --config=experiments/byol.py:fashion_mnist \
                    --workdir=runs/byol_fmnist
-               2-core CPU; about 1.5× simclr.py:fashion_mnist_tiny (one more encoder forward per
-               view, no backward); wall time and accuracy not measured yet.
+               2-core CPU: 7.3 min of training; linear probe 73.87 %, kNN20 75.63 % (below
+               SimCLR on the same encoder: see docs/RESULTS.md).
 imagenet_r50   The paper's ImageNet recipe (§3.2, App. C): ResNet-50, batch 4096, LARS with
                lr 0.2 × B/256 = 3.2, cosine decay, 10 warm-up epochs, weight decay 1.5e-6
                (not on biases and BN), 1000 epochs, projector and predictor 4096 → 256 with BN,
