@@ -19,10 +19,11 @@ coco_b16       The paper's B/16 scale (§4): ViT-B/16 image tower at 224 px, B-s
                stable large-batch training), cosine with 10 % warm-up; chunked ring loss
                (§3.3). Data: TFDS coco_captions, 32 epochs of its 82 783 training images
                (the paper trains on WebLI, billions of examples).
-               python -m jssl.main --config=experiments/siglip.py:coco_b16 --workdir=gs://...
-               Not measured, and not runnable as is: jssl has no host pipeline that
-               tokenises coco_captions' texts into a ``tokens`` batch field yet. The preset
-               builds and traces.
+               Data, tokenizer and retrieval evaluation as clip.py:coco_b16
+               (``jssl.data.image_text_tfds``; train the tokenizer once, see there):
+               python -m jssl.main --config=experiments/siglip.py:coco_b16 --workdir=gs://... \
+                   --config.data.tokenizer_path=coco16k.model
+               Not measured (COCO is not available offline).
 """
 import importlib.util
 from pathlib import Path

@@ -13,6 +13,11 @@ caption is relevant to an image when it names the image's class:
     image→text: queries = the N test images, gallery = the C·P distinct held-out captions;
     text→image: queries = the C·P captions, gallery = the N test images.
 
+A captioned dataset (``jssl.data.image_text_tfds``: COCO captions, no class names) has
+retrieval only, on the first N held-out images and all their captions (CLIP's COCO 5k
+protocol): image→text counts any of the image's own captions as relevant, text→image the
+caption's one image (``caption_retrieval_results``).
+
 No labels are trained on: ``label_fraction`` is 0 for every number.
 """
 from __future__ import annotations
@@ -90,12 +95,20 @@ def plot_retrievals(images: np.ndarray, labels: np.ndarray, queries: Sequence[st
 
 
 def evaluate_image_text(method: Any, state: Any, workdir: Path) -> tuple[list[dict], int]:
-    """``image_text_results`` on the config's test split; returns (results, number of
-    train-split examples)."""
+    """``image_text_results`` on the config's test split (``caption_retrieval_results`` on a
+    captioned dataset, ``config.data.modality == "image_text"``); returns (results, number
+    of train-split examples)."""
     config = method.config
+    variables = {"params": state.params, **state.variables}
+    if config.data.get("modality") == "image_text":  # a captioned dataset: retrieval only
+        from jssl.data.image_text_tfds import retrieval_set
+
+        images, tokens, owner, n_train = retrieval_set(config)
+        return caption_retrieval_results(method, variables, state.extra, images, tokens,
+                                         owner, f"{config.data.name}:{config.data.test_split}"
+                                         ), n_train
     test_x, test_y = eval_arrays(config.data, config.data.test_split)
     n_train = len(load_source(config.data, config.data.train_split))
-    variables = {"params": state.params, **state.variables}
     return image_text_results(method, variables, state.extra, test_x, test_y, workdir), n_train
 
 
@@ -133,4 +146,49 @@ def image_text_results(method: Any, variables: Any, extra: Any, images: np.ndarr
         rows = [flat.index(q) for q in first]
         plot_retrievals(images, labels, first, list(range(len(texts))), sim.T[rows],
                         Path(workdir) / "retrievals.png")
+    return results
+
+
+def text_embeddings(method: Any, variables: Any, tokens: np.ndarray,
+                    batch_size: int = 1024) -> np.ndarray:
+    """``method.text_features`` of token rows [M, L] in chunks of ``batch_size`` (the last
+    padded with copies of row 0, dropped), so one compiled program serves every chunk."""
+    out = []
+    for start in range(0, len(tokens), batch_size):
+        chunk = tokens[start:start + batch_size]
+        pad = min(batch_size, len(tokens)) - len(chunk)
+        chunk = np.concatenate([chunk, np.repeat(tokens[:1], pad, 0)]) if pad else chunk
+        out.append(np.asarray(method.text_features(variables, chunk))[:len(chunk) - pad])
+    return np.concatenate(out)
+
+
+def caption_retrieval_results(method: Any, variables: Any, extra: Any, images: np.ndarray,
+                              tokens: np.ndarray, owner: np.ndarray, split: str
+                              ) -> list[dict]:
+    """Image→text and text→image recall@k (``config.eval.recall_k``) of N images and their
+    M captions (caption m belongs to image ``owner[m]``), CLIP's COCO protocol:
+
+        image→text: queries = the N images, relevant = ALL captions of the image;
+        text→image: queries = the M captions, relevant = the one image it describes.
+    """
+    ks = tuple(method.config.eval.get("recall_k", (1, 5)))
+    owner = np.asarray(owner)
+    if len(owner) != len(tokens) or owner.min() < 0 or owner.max() >= len(images):
+        raise ValueError(f"owner must give an image in [0, {len(images)}) for each of the "
+                         f"{len(tokens)} captions")
+    t0 = time.perf_counter()
+    img = _normalise(extract_features(method, variables, extra, images, method.mesh))
+    txt = _normalise(text_embeddings(method, variables, tokens))
+    log.info("embedded %d images and %d captions in %.1f s", len(img), len(txt),
+             time.perf_counter() - t0)
+    sim = (img @ txt.T).astype(np.float32)  # [N, M]
+    relevant = np.arange(len(images))[:, None] == owner[None, :]
+    results = []
+    for name, s, rel in (("i2t", sim, relevant), ("t2i", sim.T, relevant.T)):
+        arrow = "image→text" if name == "i2t" else "text→image"
+        for k, value in recall_at_k(s, rel, ks).items():
+            results.append({"protocol": f"{arrow} recall@{k} ({split}, {len(images)} images, "
+                                        f"{len(tokens)} captions)",
+                            "kind": f"recall_{name}@{k}", "label_fraction": 0.0,
+                            "accuracy": value})
     return results

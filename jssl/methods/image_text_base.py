@@ -128,8 +128,10 @@ class ImageTextMethod(Method):
 
     def text_features(self, variables, tokens: np.ndarray) -> np.ndarray:
         """Normalised text embeddings [N, E] of token rows [N, L] (small N: one call)."""
-        fn = jax.jit(lambda v, t: self.net.apply(v, t, method=self.net.encode_text))
-        return np.asarray(jax.device_get(fn(variables, jnp.asarray(tokens))))
+        if not hasattr(self, "_encode_text"):  # one jitted function: compiled once per shape
+            self._encode_text = jax.jit(
+                lambda v, t: self.net.apply(v, t, method=self.net.encode_text))
+        return np.asarray(jax.device_get(self._encode_text(variables, jnp.asarray(tokens))))
 
     def evaluate(self, state, workdir: Path) -> tuple[list[dict], int]:
         from jssl.evaluate.zero_shot import evaluate_image_text
