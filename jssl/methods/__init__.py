@@ -22,6 +22,7 @@ REGISTRY = {
     "roberta": "jssl.methods.bert:BERT",
     "gpt": "jssl.methods.gpt:GPT",
     "simcse": "jssl.methods.simcse:SimCSE",
+    "t5": "jssl.methods.t5:T5",
 }
 
 
