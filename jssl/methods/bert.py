@@ -24,7 +24,7 @@ from jssl import losses
 from jssl.data import fortunes
 from jssl.losses.prediction import token_cross_entropy, weighted_mean
 from jssl.masking.text import bert_mask
-from jssl.methods.text_base import TextMethod
+from jssl.methods.text_base import TextMethod, model_kwargs
 from jssl.models.bert import bert
 
 
@@ -33,11 +33,8 @@ class BERT(TextMethod):
 
     def __init__(self, config: Any, mesh: jax.sharding.Mesh):
         super().__init__(config, mesh)
-        m = config.model.encoder.to_dict()
-        m.pop("name", None)
-        if "dtype" in m:
-            m["dtype"] = jnp.dtype(m["dtype"])
-        self.model = bert(m.pop("preset"), self.vocab_size, max_len=self.seq_len, **m)
+        preset, m = model_kwargs(config)
+        self.model = bert(preset, self.vocab_size, max_len=self.seq_len, **m)
         self.use_segments = self.model.type_vocab_size > 0
         if self.model.use_nsp and config.data.packing != "nsp_pairs":
             raise ValueError(f"config.model.use_nsp=True needs config.data.packing='nsp_pairs', "

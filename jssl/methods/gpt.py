@@ -25,7 +25,7 @@ from jssl import losses
 from jssl.data import fortunes
 from jssl.evaluate.ngram import ngram_perplexities
 from jssl.losses.prediction import token_cross_entropy, weighted_mean
-from jssl.methods.text_base import TextMethod
+from jssl.methods.text_base import TextMethod, model_kwargs
 from jssl.models.gpt import gpt
 
 
@@ -34,11 +34,8 @@ class GPT(TextMethod):
 
     def __init__(self, config: Any, mesh: jax.sharding.Mesh):
         super().__init__(config, mesh)
-        m = config.model.encoder.to_dict()
-        m.pop("name", None)
-        if "dtype" in m:
-            m["dtype"] = jnp.dtype(m["dtype"])
-        self.model = gpt(m.pop("preset"), vocab_size=self.vocab_size, max_len=self.seq_len, **m)
+        preset, m = model_kwargs(config)
+        self.model = gpt(preset, vocab_size=self.vocab_size, max_len=self.seq_len, **m)
 
     def init(self, key, batch):
         return dict(self.model.init(key, batch["tokens"])), {}

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from jssl import losses
 from jssl.data import fortunes
-from jssl.methods.text_base import TextMethod
+from jssl.methods.text_base import TextMethod, model_kwargs
 from jssl.models.bert import bert
 
 
@@ -29,11 +29,8 @@ class SimCSE(TextMethod):
 
     def __init__(self, config: Any, mesh: jax.sharding.Mesh):
         super().__init__(config, mesh)
-        m = config.model.encoder.to_dict()
-        m.pop("name", None)
-        if "dtype" in m:
-            m["dtype"] = jnp.dtype(m["dtype"])
-        self.model = bert(m.pop("preset"), self.vocab_size, max_len=self.seq_len, **m)
+        preset, m = model_kwargs(config)
+        self.model = bert(preset, self.vocab_size, max_len=self.seq_len, **m)
         self.nt_xent = self.shard(losses.nt_xent, (0, 1), temperature=config.loss.temperature,
                                   impl=config.loss.get("impl", "gather"))
 

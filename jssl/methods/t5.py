@@ -27,7 +27,7 @@ from jssl import losses
 from jssl.data import fortunes
 from jssl.losses.prediction import token_cross_entropy
 from jssl.masking.text import _t5_counts, t5_span_corruption
-from jssl.methods.text_base import TextMethod
+from jssl.methods.text_base import TextMethod, model_kwargs
 from jssl.models.t5 import T5 as T5Model
 from jssl.models.t5 import shift_right, t5
 
@@ -37,11 +37,8 @@ class T5(TextMethod):
 
     def __init__(self, config: Any, mesh: jax.sharding.Mesh):
         super().__init__(config, mesh)
-        m = config.model.encoder.to_dict()
-        m.pop("name", None)
-        if "dtype" in m:
-            m["dtype"] = jnp.dtype(m["dtype"])
-        self.model = t5(m.pop("preset"), vocab_size=self.vocab_size, **m)
+        preset, m = model_kwargs(config)
+        self.model = t5(preset, vocab_size=self.vocab_size, **m)
         mk = config.masking
         self.noise_density, self.mean_span = float(mk.noise_density), float(mk.mean_span_length)
         if not 0.0 < self.noise_density < 1.0:

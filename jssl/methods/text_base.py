@@ -38,6 +38,16 @@ def mean_pool(hidden: jax.Array, tokens: jax.Array) -> jax.Array:
     return jnp.sum(hidden.astype(jnp.float32) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
 
 
+def model_kwargs(config: Any) -> tuple[str, dict[str, Any]]:
+    """(preset, overrides) of ``config.model.encoder``: its fields but ``name``, with a
+    ``dtype`` name turned into the dtype."""
+    m = config.model.encoder.to_dict()
+    m.pop("name", None)
+    if "dtype" in m:
+        m["dtype"] = jnp.dtype(m["dtype"])
+    return m.pop("preset"), m
+
+
 class TextMethod(Method, abc.ABC):
     """Base of the token-sequence methods; subclasses define ``encode`` and ``pretext_results``."""
 
