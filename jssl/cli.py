@@ -5,6 +5,7 @@
     jssl results [--add WORKDIR] [--runs docs/results] [--check]
     jssl demo
     jssl generate --workdir=runs/gpt [--prompt=TEXT ...] [--temperature=0.8] [--top_k=40]
+    jssl neighbours --workdir=runs/word2vec --word=love [--word=...] [--k=10]
 
 ``train`` trains (resuming from the workdir's checkpoint if any) and then evaluates;
 ``eval`` evaluates the workdir's newest checkpoint without training. Both take every flag
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--top_k", type=int, default=40, help="0: no top-k cut")
     gen.add_argument("--num_samples", type=int, default=3)
     gen.add_argument("--seed", type=int, default=0)
+    nb = sub.add_parser("neighbours", help="nearest pieces of words in a word2vec run")
+    nb.add_argument("--workdir", required=True, help="a word2vec run (tokenizer + checkpoint)")
+    nb.add_argument("--word", action="append", required=True, help="repeatable")
+    nb.add_argument("--k", type=int, default=10)
     args, rest = parser.parse_known_args(argv)
     if args.command in _MODES:
         if any(a == "--mode" or a.startswith("--mode=") for a in rest):
@@ -61,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
                                      temperature=args.temperature, top_k=args.top_k or None,
                                      num_samples=args.num_samples, seed=args.seed):
             print("\n---\n".join(samples), end="\n\n")
+        return 0
+    if args.command == "neighbours":
+        from jssl.methods.word2vec import neighbours
+
+        for word, pieces, near in neighbours(args.workdir, args.word, args.k):
+            print(f"{word} ({' '.join(pieces)}): " + ", ".join(f"{p} {s:.3f}" for p, s in near))
         return 0
     if args.command == "results":
         from jssl.evaluate import results_doc

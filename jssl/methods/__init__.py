@@ -23,6 +23,7 @@ REGISTRY = {
     "gpt": "jssl.methods.gpt:GPT",
     "simcse": "jssl.methods.simcse:SimCSE",
     "t5": "jssl.methods.t5:T5",
+    "word2vec": "jssl.methods.word2vec:Word2Vec",
 }
 
 
