@@ -16,7 +16,8 @@ fashion_mnist    Pretrain without labels on the 60 000 Fashion-MNIST training im
                  the contrastive presets.
                  python -m jssl.main --config=experiments/mae.py:fashion_mnist \
                      --workdir=runs/mae_fmnist
-                 2-core CPU; wall time and accuracy not measured yet.
+                 2-core CPU: 13.8 min of training (other jobs on the cores); linear probe
+                 79.32 %, kNN20 76.18 % (docs/RESULTS.md).
 imagenet_vitb16  The paper's recipe (§4, App. A.1): ViT-B/16 (sin-cos positions, cls token),
                  decoder 8 blocks × 512 (16 heads), mask 0.75, norm_pix_loss, batch 4096, AdamW
                  β = (0.9, 0.95), lr 1.5e-4 × B/256 = 2.4e-3, wd 0.05, 800 epochs with 40
