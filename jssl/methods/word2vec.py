@@ -91,8 +91,8 @@ class Word2Vec(TextMethod):
         counts = self.counts()
         noise = counts ** 0.75
         noise[list(self.ignore)] = 0.0
-        self.noise_logits = np.log(np.maximum(noise / noise.sum(), 1e-30)).astype(np.float32)
-        self.noise_logits[noise == 0] = -np.inf
+        cdf = np.cumsum(noise)
+        self.noise_cdf = (cdf / cdf[-1]).astype(np.float32)
         self.keep_p = keep_probability(counts, float(w.subsample)).astype(np.float32)
 
     def counts(self) -> np.ndarray:
@@ -118,10 +118,12 @@ class Word2Vec(TextMethod):
         keep = subsample(k_keep, tokens, self.keep_p)
         window = jax.random.randint(k_win, tokens.shape, 1, self.window + 1)
         centres, contexts, mask = skipgram_pairs(tokens, keep, window, self.window, self.ignore)
-        negatives = jax.random.categorical(k_neg, jnp.asarray(self.noise_logits),
-                                           shape=(*contexts.shape, self.negatives))
+        # Inverse-CDF draws (the C tool's unigram table, exactly): O(draws) memory, where
+        # jax.random.categorical would make Gumbel noise for every (draw, vocabulary entry).
+        u = jax.random.uniform(k_neg, (*contexts.shape, self.negatives))
+        negatives = jnp.searchsorted(jnp.asarray(self.noise_cdf), u, side="right")
         return {"centres": centres, "contexts": contexts, "mask": mask,
-                "negatives": negatives.astype(jnp.int32)}
+                "negatives": jnp.minimum(negatives, self.vocab_size - 1).astype(jnp.int32)}
 
     def loss(self, params, variables, extra, batch, key, step):
         pos, neg = self.model.apply({**variables, "params": params}, batch["centres"],
