@@ -12,7 +12,8 @@ The corruption is drawn on the device every step from the step key. Sentinels ar
 tokenizer's ``<extra_id_i>`` pieces (``config.data.num_sentinels`` of them, id
 ``fortunes.sentinel_start - i``); [SEP] is the EOS and [PAD] (0) the decoder's start id, as
 in T5. Probe features are the encoder's output, mean-pooled over the non-padding tokens.
-Held-out numbers: span-corruption loss and target-token accuracy on the test fortunes, packed
+Held-out numbers: span-corruption loss, perplexity and target-token accuracy (every target
+token counts: sentinels and EOS too, as T5's own token accuracy) on the test fortunes, packed
 and corrupted as in training with a fixed key.
 """
 from __future__ import annotations
