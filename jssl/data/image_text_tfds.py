@@ -34,6 +34,7 @@ An offline captions folder from Fashion-MNIST (5 class captions per image; ``cli
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -65,7 +66,7 @@ class CaptionsFolder(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self, description="Captioned images from a local folder.",
             features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3)),
+                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
                 "image/id": np.int64,
                 "captions": tfds.features.Sequence({"text": tfds.features.Text(),
                                                     "id": np.int64})}),
@@ -87,9 +88,10 @@ class CaptionsFolder(tfds.core.GeneratorBasedBuilder):
             if not caps:
                 raise ValueError(f"{path}:{i + 1} has no caption; give every image one or more")
             image = path.parent / row["image"]
-            with Image.open(image) as im:  # RGB files are stored as they are
-                rgb = image if im.mode == "RGB" else np.asarray(im.convert("RGB"))
-            yield i, {"image": rgb, "image/id": i,
+            with Image.open(image) as im:  # PNG-encoded by Pillow: no TensorFlow needed
+                buf = io.BytesIO()
+                im.convert("RGB").save(buf, format="PNG")
+            yield i, {"image": buf.getvalue(), "image/id": i,
                       "captions": {"text": caps, "id": list(range(first, first + len(caps)))}}
             first += len(caps)
 
