@@ -88,7 +88,7 @@ class Word2Vec(TextMethod):
         self.window, self.negatives = int(w.window), int(w.negatives)
         self.model = SkipGram(self.vocab_size, int(config.model.encoder.dim))
         self.ignore = fortunes.special_ids(self.num_sentinels)
-        counts = self.counts()
+        self.piece_counts = counts = self.counts()
         noise = counts ** 0.75
         noise[list(self.ignore)] = 0.0
         cdf = np.cumsum(noise)
@@ -144,9 +144,8 @@ class Word2Vec(TextMethod):
     def pretext_results(self, variables, corpus):
         from jssl.evaluate.neighbours import cooccurrence_check
 
-        counts = self.counts()
-        out = cooccurrence_check(self.vectors(variables), corpus.test_ids, counts, self.ignore,
-                                 seed=self.config.seed)
+        out = cooccurrence_check(self.vectors(variables), corpus.test_ids, self.piece_counts,
+                                 self.ignore, seed=self.config.seed)
         return [{"protocol": f"held-out top-PMI pairs among the {out['k']} nearest neighbours "
                              f"(random frequent pairs: {out['random_rate']:.2%})",
                  "kind": "neighbour_rate", "label_fraction": 1.0, "accuracy": out["pmi_rate"],
