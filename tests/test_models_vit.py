@@ -226,3 +226,23 @@ def test_mae_presets_and_errors():
     with pytest.raises(ValueError, match="channels"):
         jax.eval_shape(lambda: mae("tiny").init({"params": _key(), "masking": _key()},
                                                 jnp.zeros((1, 16, 16, 1))))
+
+
+def test_attention_impl_xla_is_flax_attention_and_cudnn_needs_a_gpu():
+    """``attention="xla"`` is Flax's einsum attention: the same output as a NumPy
+    softmax(q·kᵀ/√d)·v; "cudnn" off a GPU and unknown names fail with one clear line."""
+    from jssl.models.vit import attention_fn
+
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 5, 3, 8)).astype(np.float32) for _ in range(3))
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    ref = np.einsum("bhqk,bkhd->bqhd", p, v)
+    out = np.asarray(attention_fn("xla")(q, k, v))
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="attention='nope' is unknown"):
+        attention_fn("nope")
+    if jax.default_backend() != "gpu":
+        with pytest.raises(ValueError, match="attention='cudnn' needs a GPU backend"):
+            vit("tiny", attention="cudnn").init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))

@@ -66,7 +66,8 @@ class MAE(Method):
                         num_heads=e.num_heads, mlp_ratio=e.mlp_ratio,
                         decoder_dim=self.decoder.dim, decoder_depth=self.decoder.depth,
                         decoder_heads=self.decoder.num_heads, mask_ratio=self.mask_ratio,
-                        drop_path_rate=e.drop_path_rate, channels=channels, dtype=e.dtype)
+                        drop_path_rate=e.drop_path_rate, channels=channels, dtype=e.dtype,
+                        attention=e.attention)
 
     @property
     def num_patches(self) -> int:

@@ -96,17 +96,20 @@ class MAE(nn.Module):
     drop_path_rate: float = 0.0
     channels: int = 3
     dtype: Dtype = jnp.float32
+    attention: str = "xla"
 
     def setup(self) -> None:
         self.encoder = ViT(patch_size=self.patch_size, dim=self.dim, depth=self.depth,
                            num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, pool="none",
                            use_cls=True, pos_embed="sincos",
-                           drop_path_rate=self.drop_path_rate, dtype=self.dtype)
+                           drop_path_rate=self.drop_path_rate, dtype=self.dtype,
+                           attention=self.attention)
         init = nn.initializers.xavier_uniform()
         self.decoder_embed = nn.Dense(self.decoder_dim, dtype=self.dtype, kernel_init=init)
         self.mask_token = self.param("mask_token", nn.initializers.normal(0.02),
                                      (1, 1, self.decoder_dim))
-        self.decoder_blocks = [Block(self.decoder_heads, self.mlp_ratio, dtype=self.dtype)
+        self.decoder_blocks = [Block(self.decoder_heads, self.mlp_ratio, dtype=self.dtype,
+                                     attention=self.attention)
                                for _ in range(self.decoder_depth)]
         self.decoder_norm = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)
         self.decoder_pred = nn.Dense(self.patch_size ** 2 * self.channels, dtype=self.dtype,

@@ -33,6 +33,33 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 _DENSE_INIT = nn.initializers.xavier_uniform()
+ATTENTION_IMPLS = ("xla", "cudnn")
+
+
+def attention_fn(impl: str):
+    """The attention kernel of :class:`Block`: ``softmax(q·kᵀ/√d_h)·v`` per head.
+
+    ``"xla"`` is Flax's einsum attention (softmax in float32); ``"cudnn"`` is the fused
+    flash-attention kernel of cuDNN through ``jax.nn.dot_product_attention`` (same
+    parameters and function, GPU only, no attention dropout).
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention={impl!r} is unknown; use one of {ATTENTION_IMPLS}")
+    if impl == "xla":
+        return nn.dot_product_attention
+    if jax.default_backend() != "gpu":
+        raise ValueError(f"attention='cudnn' needs a GPU backend, not "
+                         f"{jax.default_backend()!r}; use attention='xla'")
+
+    def fused(query, key, value, mask=None, dropout_rate: float = 0.0,
+              deterministic: bool = True):
+        if dropout_rate > 0.0 and not deterministic:
+            raise ValueError(f"attention='cudnn' has no attention dropout (attn_dropout="
+                             f"{dropout_rate}); use attention='xla'")
+        return jax.nn.dot_product_attention(query, key, value, mask=mask,
+                                            implementation="cudnn")
+
+    return fused
 
 
 def patchify(images: jnp.ndarray, patch_size: int) -> jnp.ndarray:
@@ -145,6 +172,7 @@ class Block(nn.Module):
     attn_dropout: float = 0.0
     drop_path: float = 0.0
     dtype: Dtype = jnp.float32
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
@@ -152,7 +180,8 @@ class Block(nn.Module):
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attn_dropout,
-            kernel_init=_DENSE_INIT, force_fp32_for_softmax=True, name="attn")(
+            kernel_init=_DENSE_INIT, force_fp32_for_softmax=True,
+            attention_fn=attention_fn(self.attention), name="attn")(
                 y, y, deterministic=det)
         y = nn.Dropout(self.dropout)(y, deterministic=det)
         x = x + DropPath(self.drop_path)(y, deterministic=det)
@@ -176,6 +205,8 @@ class ViT(nn.Module):
       dropout, attn_dropout, drop_path_rate: regularisation (stochastic depth increases
         linearly from 0 to ``drop_path_rate`` over the blocks).
       dtype: computation dtype (params stay float32).
+      attention: ``"xla"`` or ``"cudnn"`` (fused flash attention on GPU; see
+        :func:`attention_fn`).
     """
 
     patch_size: int = 16
@@ -191,6 +222,7 @@ class ViT(nn.Module):
     drop_path_rate: float = 0.0
     interpolate_pos: bool = False
     dtype: Dtype = jnp.float32
+    attention: str = "xla"
 
     def _check(self, images: jnp.ndarray) -> None:
         if self.pool not in ("cls", "mean", "none"):
@@ -253,7 +285,7 @@ class ViT(nn.Module):
         for i in range(self.depth):
             dp = self.drop_path_rate * i / max(self.depth - 1, 1)
             x = Block(self.num_heads, self.mlp_ratio, self.dropout, self.attn_dropout, dp,
-                      self.dtype, name=f"block{i}")(x, train=train)
+                      self.dtype, self.attention, name=f"block{i}")(x, train=train)
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
         self.sow("intermediates", "tokens", x)
         if self.pool == "cls":
