@@ -183,6 +183,20 @@ def test_prepare_is_idempotent_and_cleans_killed_build(tiny_fmnist):
     shutil.rmtree(stale)
 
 
+def test_prepare_reuses_a_copied_build_without_idx_files(tiny_fmnist, tmp_path):
+    """A complete build copied to another data dir (e.g. onto a GPU machine without the
+    Debian package) is read as is: no IDX files, no download attempt."""
+    root, data, builder = tiny_fmnist
+    shutil.copytree(Path(builder.data_dir).parent, tmp_path / "fashion_mnist_local")
+    copied = fm.prepare_fashion_mnist(tmp_path, tmp_path / "no_idx", allow_download=False)
+    assert copied.name == "fashion_mnist_local"
+    assert copied.data_dir == str(tmp_path / "fashion_mnist_local" / "1.0.0")
+    source = tfds.data_source("fashion_mnist_local", split="test", data_dir=tmp_path)
+    np.testing.assert_array_equal(source[5]["image"][..., 0], data["test"][0][5])
+    with pytest.raises(RuntimeError, match="no IDX files"):
+        fm.prepare_fashion_mnist(tmp_path / "empty", tmp_path / "no_idx", allow_download=False)
+
+
 def test_concurrent_prepare_builds_once(tiny_fmnist, tmp_path):
     root, data, _ = tiny_fmnist
     with concurrent.futures.ThreadPoolExecutor(3) as pool:

@@ -177,7 +177,8 @@ def prepare_fashion_mnist(
 ) -> tfds.core.DatasetBuilder:
     """Build Fashion-MNIST as array_record in ``data_dir`` once; return its builder.
 
-    Order: (a) the IDX files in ``idx_dir`` exist -> build ``fashion_mnist_local`` from them;
+    Order: a complete ``fashion_mnist_local`` build already in ``data_dir`` is used as is
+    (a copied data dir needs no IDX files); else (a) the IDX files in ``idx_dir`` exist -> build ``fashion_mnist_local`` from them;
     (b) else TFDS's own ``fashion_mnist`` download; (c) else raise ``RuntimeError`` with the
     install commands. Idempotent: an existing complete build is reused as is. Read it with
     ``tfds.data_source(builder.name, split=..., data_dir=data_dir)``.
@@ -189,6 +190,10 @@ def prepare_fashion_mnist(
     """
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     idx_dir = Path(idx_dir)
+    if (data_dir / NAME / str(FashionMnistLocal.VERSION) / "dataset_info.json").is_file():
+        prebuilt = tfds.builder(NAME, data_dir=data_dir)
+        if prebuilt.is_prepared():
+            return prebuilt
     if idx_files_present(idx_dir):
         config = tfds.download.DownloadConfig(manual_dir=os.fspath(idx_dir))
         return _prepare_locked(NAME, data_dir, download_config=config)
