@@ -178,7 +178,8 @@ def prepare_fashion_mnist(
     """Build Fashion-MNIST as array_record in ``data_dir`` once; return its builder.
 
     Order: a complete ``fashion_mnist_local`` build already in ``data_dir`` is used as is
-    (a copied data dir needs no IDX files); else (a) the IDX files in ``idx_dir`` exist -> build ``fashion_mnist_local`` from them;
+    (a copied data dir needs no IDX files); else (a) the IDX files in ``idx_dir`` exist ->
+    build ``fashion_mnist_local`` from them;
     (b) else TFDS's own ``fashion_mnist`` download; (c) else raise ``RuntimeError`` with the
     install commands. Idempotent: an existing complete build is reused as is. Read it with
     ``tfds.data_source(builder.name, split=..., data_dir=data_dir)``.
