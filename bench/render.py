@@ -121,8 +121,54 @@ def conv_layers(r: dict) -> str:
     return "\n".join(rows)
 
 
+def gpu_mfu(r: dict) -> str:
+    """bench/gpu_mfu.py: ViT-B/16 train steps in bfloat16 on one GPU, images/s and MFU."""
+    rows = [
+        f"Measured by `{r['command']}` on {r['devices']}× {r['device']}, jax {r['jax']}, "
+        f"{r['date_utc'][:16].replace('T', ' ')} UTC, commit {r['commit']}. Update = forward "
+        f"+ backward + AdamW on prepared inputs, median of {r['results'][0]['repeats']}; model "
+        f"FLOPs are the analytic 3 × forward count (`vit_flops`), MFU = model FLOP/s / "
+        f"{r['peak_tflops']:.0f} TFLOP/s (H100 SXM dense bf16).",
+        "",
+        "| preset | batch | attention | update | images/s | prepare | model TFLOP/step "
+        "| XLA cost_analysis TFLOP | MFU | compile |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for x in r["results"]:
+        rows.append(
+            f"| {x['preset']} | {x['batch']} | {x['attention']} | {x['update_s'] * 1e3:.1f} ms "
+            f"| {x['images_per_s']:,.0f} | {x['prepare_s'] * 1e3:.1f} ms | "
+            f"{x['model_tflop_per_step']:.2f} | {x['xla_tflop_per_step']:.2f} | "
+            f"{x['mfu'] * 100:.1f} % | {x['compile_s']:.0f} s |")
+    for e in r.get("errors", []):
+        rows.append(f"| {e} | | | | | | | | | |")
+    agree = r.get("attention_agreement") or {}
+    if agree:
+        rows += ["", "Attention outputs, relative L2 difference on 8 images: " + "; ".join(
+            f"{k.replace('_', ' ')} {v:.1e}" for k, v in agree.items()) + "."]
+    return "\n".join(rows)
+
+
+def steps_gpu(r: dict) -> str:
+    """bench/steps.py run on a GPU machine."""
+    rows = [
+        f"Measured by `{r['command']}` on a {r['backend']} machine ({r['nproc']} host cores; "
+        f"{r['results'][0].get('device', 'device kind not recorded by this run')}), "
+        f"jax {r['jax']}, {r['date_utc'][:16].replace('T', ' ')} UTC.",
+        "",
+        "| preset | batch | step (median) | examples/s | input pipeline ex/s | compile |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for x in r["results"]:
+        rows.append(f"| {x['preset']} | {x['batch']} | {x['step_median_s'] * 1e3:.1f} ms | "
+                    f"{x['examples_per_s']:,.0f} | {x['input_examples_per_s']:,.0f} | "
+                    f"{x['compile_s']:.1f} s |")
+    return "\n".join(rows)
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {"ring_loss": ring_loss, "augment": augment,
-                                               "results": results, "conv_layers": conv_layers}
+                                               "results": results, "conv_layers": conv_layers,
+                                               "gpu_mfu": gpu_mfu, "steps_gpu": steps_gpu}
 
 
 def render(doc: Path) -> bool:

@@ -90,7 +90,8 @@ def bench_preset(spec: str, repeats: int) -> dict:
     _median_time(one_step, 2)  # warm-up
     median, best = _median_time(one_step, repeats)
     return {"preset": spec, "method": config.method, "batch": batch_size,
-            "devices": len(mesh.devices.flat), "compile_s": round(compile_s, 2),
+            "devices": len(mesh.devices.flat), "device": jax.devices()[0].device_kind,
+            "compile_s": round(compile_s, 2),
             "step_median_s": round(median, 4), "step_min_s": round(best, 4),
             "examples_per_s": round(batch_size / median, 1),
             "input_examples_per_s": round(batch_size / data_s, 1), "repeats": repeats}
