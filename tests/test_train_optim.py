@@ -76,6 +76,16 @@ def test_warmup_cosine_schedule_values():
     assert info["end_lr"] == pytest.approx(0.1)
 
 
+def test_warmup_linear_decay_schedule_values():
+    _, sched, _ = make_optimizer(
+        _cfg(base_lr=2.0, schedule="linear", warmup_steps=8, end_lr_factor=0.25),
+        global_batch=256, total_steps=40)
+    steps = [0, 4, 8, 16, 24, 40]
+    # warm-up 0 -> 2 over 8 steps, then a straight line from 2 (step 8) to 0.5 (step 40)
+    ref = [0.0, 1.0, 2.0, 2.0 - 1.5 * 8 / 32, 2.0 - 1.5 * 16 / 32, 0.5]
+    np.testing.assert_allclose([float(sched(s)) for s in steps], ref, rtol=1e-6)
+
+
 def test_constant_schedule_with_warmup():
     _, sched, _ = make_optimizer(_cfg(base_lr=0.5, warmup_steps=4), global_batch=256,
                                  total_steps=20)

@@ -145,7 +145,7 @@ def _build_lock(data_dir: Path, name: str) -> Iterator[None]:
     together; the first builds, the others wait and then reuse its result.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / f".{name}.lock", "a") as f:
+    with open(data_dir / f".{name.replace('/', '-')}.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

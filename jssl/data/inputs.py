@@ -73,6 +73,9 @@ def train_loader(config: Any, *, process_index: int | None = None,
     if config.data.get("modality") == "text":  # fortunes or a TFDS text dataset
         from jssl.data.fortunes import train_loader as text_loader
         return text_loader(config, process_index=process_index, process_count=process_count)
+    if config.data.get("modality") == "speech":  # spoken digits or a TFDS speech dataset
+        from jssl.data.speech import train_loader as speech_loader
+        return speech_loader(config, process_index=process_index, process_count=process_count)
     if config.data.get("modality") == "image_text":  # captioned images (coco_captions ...)
         from jssl.data.image_text_tfds import train_loader as captions_loader
         return captions_loader(config, process_index=process_index, process_count=process_count)

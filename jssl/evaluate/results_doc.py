@@ -90,6 +90,28 @@ def text_table(runs: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def speech_table(runs: list[dict]) -> str:
+    """Speech runs: held-out pretext numbers and digit probes (100 / 10 / 5 % labels) of the
+    pretrained encoder, the same encoder untrained, and log-mel baselines."""
+    cols = (("pretrained", "linear"), ("random init", "linear_random_init"),
+            ("log-mel frames × bands", "linear_logmel_frames"),
+            ("log-mel band mean + std", "linear_logmel_mean_std"))
+    rows = ["| run | method | epochs | train time (load) | held-out pretext | "
+            + " | ".join(f"{name}: probe 100 / 10 / 5 %" for name, _ in cols)
+            + " | hardware, date | command |",
+            "|---|---|---:|---:|---|" + "---:|" * len(cols) + "---|---|"]
+    for run in runs:
+        pretext = "; ".join(f"{r['protocol']} {_value(r)}" for r in run["results"]
+                            if r.get("kind") == "pretext") or "–"
+        probes = " | ".join(" / ".join(_pct(_find(run, kind, f)) for f in (1.0, 0.1, 0.05))
+                            for _, kind in cols)
+        rows.append(
+            f"| {run['config']} | {run['method']} | {run.get('epochs', 0):.1f} "
+            f"| {run['train_wall_s'] / 60:.1f} min{_load(run)} | {pretext} | {probes} "
+            f"| {run['hardware']}, {run['date']} | `{run['command']}` |")
+    return "\n".join(rows)
+
+
 def _is_ssl(run: dict) -> bool:
     return run["method"] != "supervised"
 
@@ -203,12 +225,14 @@ def main(runs_dir: str | None = None, *, check: bool = False, add: list[str] = (
     every = load_runs(Path(runs_dir) if runs_dir else RUNS)
     runs = [r for r in every if dataset_of(r) == "fashion_mnist_local"]
     text = [r for r in every if dataset_of(r) == "fortunes"]
+    speech = [r for r in every if dataset_of(r).startswith("spoken_digits_local")]
     baselines = load_baselines()
     curves = label_efficiency(runs, baselines)
     doc_path = DOCS / "RESULTS.md"
     doc = doc_path.read_text()
     new = render(doc, {"runs": runs_table(runs, baselines), "text_runs": text_table(text),
-                       "label_efficiency": label_efficiency_table(curves)})
+                       "label_efficiency": label_efficiency_table(curves),
+                       "speech_runs": speech_table(speech)})
     if check:
         if new != doc:
             print("docs/RESULTS.md is stale: run `jssl results`")

@@ -12,7 +12,9 @@ Fields of ``config.optim`` (defaults in brackets):
   ``sqrt``: ``base_lr * sqrt(global_batch / 256)``; ``none``: ``base_lr``.
 * ``schedule`` [``cosine``]: ``cosine`` = linear warmup from 0 over
   ``warmup_steps`` [0], then cosine decay to ``end_lr_factor * peak`` [0.0] at
-  ``total_steps``; ``constant`` = the same warmup, then the peak lr.
+  ``total_steps``; ``linear`` = the same warmup, then linear decay to
+  ``end_lr_factor * peak`` at ``total_steps`` (fairseq's ``polynomial_decay``,
+  wav2vec 2.0 and BERT); ``constant`` = the same warmup, then the peak lr.
 * ``weight_decay`` [0.0]: decoupled (scaled by the lr) for adamw, lamb and lars;
   added to the gradient (L2, PyTorch style) for sgd and adam. Never applied to
   params with ``ndim <= 1`` (biases, norm scales and offsets, scalars such as
@@ -43,7 +45,7 @@ import optax
 
 OPTIMIZERS = ("lars", "lamb", "adamw", "adam", "sgd")
 LR_SCALINGS = ("linear", "sqrt", "none")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "linear", "constant")
 
 
 def path_str(path: tuple) -> str:
@@ -130,6 +132,10 @@ def peak_learning_rate(base_lr: float, global_batch: int, lr_scaling: str) -> fl
 def _schedule(kind: str, peak: float, end: float, warmup: int, total: int) -> optax.Schedule:
     if kind == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=end)
+    if kind == "linear":
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, peak, warmup),
+             optax.linear_schedule(peak, end, max(total - warmup, 1))], [warmup])
     if warmup == 0:
         return optax.constant_schedule(peak)
     return optax.join_schedules(
