@@ -131,6 +131,31 @@ def _one_step(config, devices, batch, inputs=None):
     return jax.device_get(new.params), float(metrics["loss"]), jax.device_get(prepared)
 
 
+def assert_same_step(config, batch, one, eight, zero_grad: tuple[str, ...] = ()) -> None:
+    """(params, loss) after one step on 1 and on 8 devices agree, and the step moved the
+    params (else the comparison says nothing).
+
+    ``zero_grad``: substrings of param paths whose exact gradient is 0 (an attention key
+    bias: softmax is invariant to a shift shared by all keys). Their float gradient is
+    rounding noise, which Adam scales up (toward a full step of random sign), so on both
+    meshes they are only required to move less than 5 % of the largest move of the others.
+    """
+    (p1, l1), (p8, l8) = one, eight
+    np.testing.assert_allclose(l8, l1, rtol=1e-5)
+    p0 = jax.device_get(_build(config, jax.devices()[:1], batch)[0].params)
+    flat = [(jax.tree_util.keystr(path), a, b, c) for (path, a), b, c in zip(
+        jax.tree_util.tree_flatten_with_path(p1)[0], jax.tree.leaves(p8), jax.tree.leaves(p0),
+        strict=True)]
+    zero = [f for f in flat if any(z in f[0] for z in zero_grad)]
+    rest = [f for f in flat if f not in zero]
+    for name, a, b, _ in rest:
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=name)
+    moved = [float(np.max(np.abs(a - c))) for _, a, _, c in rest]
+    assert max(moved) > 1e-4, moved
+    for name, a, b, c in zero:
+        assert max(np.max(np.abs(a - c)), np.max(np.abs(b - c))) < 0.05 * max(moved), name
+
+
 def test_one_simclr_step_is_the_same_on_1_and_8_devices(tmp_path):
     """Views made on 8 devices equal those made on 1 (to the last float bit), and on the
     same inputs one optimizer step gives the same params on 1 and 8 devices."""
@@ -143,15 +168,7 @@ def test_one_simclr_step_is_the_same_on_1_and_8_devices(tmp_path):
     p8, l8, inputs8 = _one_step(config, jax.devices(), batch, inputs=inputs1)
     _, _, views8 = _one_step(config, jax.devices(), batch)
     np.testing.assert_allclose(views8["views"], inputs1["views"], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(l8, l1, rtol=1e-5)
-    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(p1)[0], jax.tree.leaves(p8),
-                            strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
-    # The step must have changed the params, or the comparison above says nothing.
-    p0 = jax.device_get(_build(config, jax.devices()[:1], batch)[0].params)
-    moved = [float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(p0),
-                                                          jax.tree.leaves(p1), strict=True)]
-    assert max(moved) > 1e-4, moved
+    assert_same_step(config, batch, (p1, l1), (p8, l8))
 
 
 PRESETS = [(p, name) for p in EXPERIMENTS for name in load_experiment(p).PRESETS]

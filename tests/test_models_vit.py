@@ -246,3 +246,35 @@ def test_attention_impl_xla_is_flax_attention_and_cudnn_needs_a_gpu():
     if jax.default_backend() != "gpu":
         with pytest.raises(ValueError, match="attention='cudnn' needs a GPU backend"):
             vit("tiny", attention="cudnn").init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+
+
+def test_padded_attention_equals_unpadded_attention_and_its_gradient():
+    """The cuDNN path pads 197-like odd token counts to a multiple of 64 and masks the padded
+    keys by length: with the XLA kernel the output and the gradients equal a NumPy
+    softmax(q·kᵀ/√d)·v on the unpadded tokens (the same code runs with cuDNN on a GPU)."""
+    from jssl.models.vit import padded_attention
+
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((2, 13, 3, 8)).astype(np.float32) for _ in range(3))
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    ref = np.einsum("bhqk,bkhd->bqhd", p, v)
+    out = padded_attention(q, k, v, multiple=8, implementation="xla")
+    assert out.shape == q.shape
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+
+    def loss(fn, q, k, v):
+        return jnp.sum(jnp.sin(fn(q, k, v)))
+
+    plain = lambda q, k, v: jax.nn.dot_product_attention(q, k, v)  # noqa: E731
+    padded = lambda q, k, v: padded_attention(q, k, v, multiple=8,  # noqa: E731
+                                              implementation="xla")
+    g_ref = jax.grad(lambda *a: loss(plain, *a), argnums=(0, 1, 2))(q, k, v)
+    g_pad = jax.grad(lambda *a: loss(padded, *a), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(g_pad, g_ref, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    # Already a multiple: no padding, the plain call.
+    np.testing.assert_allclose(np.asarray(padded_attention(q[:, :8], k[:, :8], v[:, :8],
+                                                           multiple=8, implementation="xla")),
+                               np.asarray(plain(q[:, :8], k[:, :8], v[:, :8])), rtol=1e-6)

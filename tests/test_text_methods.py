@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 from stat_bounds import binomial_sigma, within
-from test_engine import ROOT, _build, _one_step, load_experiment
+from test_engine import ROOT, _build, _one_step, assert_same_step, load_experiment
 
 from jssl.data import fortunes as f
 from jssl.train.run import run
@@ -75,14 +75,7 @@ def test_one_bert_step_is_the_same_on_1_and_8_devices(cache):
     for k in ("inputs", "labels", "weights"):
         np.testing.assert_array_equal(own8[k], inputs1[k])
     assert inputs1["weights"].sum() > 0
-    np.testing.assert_allclose(l8, l1, rtol=1e-5)
-    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(p1)[0], jax.tree.leaves(p8),
-                            strict=True):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
-    p0 = jax.device_get(_build(config, jax.devices()[:1], batch)[0].params)
-    moved = [float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(p0),
-                                                          jax.tree.leaves(p1), strict=True)]
-    assert max(moved) > 1e-4, moved
+    assert_same_step(config, batch, (p1, l1), (p8, l8))
 
 
 def test_simcse_loss_is_nt_xent_of_two_dropout_views(cache):

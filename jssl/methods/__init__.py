@@ -24,6 +24,8 @@ REGISTRY = {
     "simcse": "jssl.methods.simcse:SimCSE",
     "t5": "jssl.methods.t5:T5",
     "word2vec": "jssl.methods.word2vec:Word2Vec",
+    "wav2vec2": "jssl.methods.wav2vec2:Wav2Vec2",
+    "ijepa": "jssl.methods.ijepa:IJEPA",
 }
 
 

@@ -36,12 +36,17 @@ _DENSE_INIT = nn.initializers.xavier_uniform()
 ATTENTION_IMPLS = ("xla", "cudnn")
 
 
+#: token counts are padded to a multiple of this for the cuDNN kernel (see padded_attention)
+CUDNN_SEQ_MULTIPLE = 64
+
+
 def attention_fn(impl: str):
     """The attention kernel of :class:`Block`: ``softmax(q·kᵀ/√d_h)·v`` per head.
 
     ``"xla"`` is Flax's einsum attention (softmax in float32); ``"cudnn"`` is the fused
     flash-attention kernel of cuDNN through ``jax.nn.dot_product_attention`` (same
-    parameters and function, GPU only, no attention dropout).
+    parameters and function, GPU only, no attention dropout), tokens padded to a multiple
+    of ``CUDNN_SEQ_MULTIPLE`` (``padded_attention``).
     """
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention={impl!r} is unknown; use one of {ATTENTION_IMPLS}")
@@ -56,10 +61,39 @@ def attention_fn(impl: str):
         if dropout_rate > 0.0 and not deterministic:
             raise ValueError(f"attention='cudnn' has no attention dropout (attn_dropout="
                              f"{dropout_rate}); use attention='xla'")
-        return jax.nn.dot_product_attention(query, key, value, mask=mask,
-                                            implementation="cudnn")
+        if mask is not None:
+            raise ValueError("attention='cudnn' takes no attention mask here; use "
+                             "attention='xla'")
+        return padded_attention(query, key, value, implementation="cudnn")
 
     return fused
+
+
+def padded_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, *,
+                     multiple: int = CUDNN_SEQ_MULTIPLE, implementation: str = "cudnn"
+                     ) -> jnp.ndarray:
+    """``jax.nn.dot_product_attention`` on ``[B, T, N, H]`` with T padded to a multiple of
+    ``multiple``; the padded keys are excluded through ``key_value_seq_lengths`` (= T), the
+    padded query rows are dropped. cuDNN's fused kernel refuses odd lengths in training
+    (ViT-B/16's 197 tokens); the result equals the unpadded attention."""
+    t = query.shape[1]
+    pad = (-t) % multiple
+    if not pad:
+        return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
+    widths = ((0, 0), (0, pad), (0, 0), (0, 0))
+    q, k, v = (jnp.pad(x, widths) for x in (query, key, value))
+    lengths = jnp.full((query.shape[0],), t, jnp.int32)
+    out = jax.nn.dot_product_attention(q, k, v, query_seq_lengths=lengths,
+                                       key_value_seq_lengths=lengths,
+                                       implementation=implementation)
+    return out[:, :t]
+
+
+def key_padding_mask(valid: jnp.ndarray) -> jnp.ndarray:
+    """bool ``[B, 1, T, T]`` attention mask from ``valid [B, T]``: every query may attend to
+    the valid keys only (a padding query still attends to them, so no row is all-masked)."""
+    return jnp.broadcast_to(valid[:, None, None, :], (valid.shape[0], 1, valid.shape[1],
+                                                      valid.shape[1]))
 
 
 def patchify(images: jnp.ndarray, patch_size: int) -> jnp.ndarray:
@@ -175,14 +209,16 @@ class Block(nn.Module):
     attention: str = "xla"
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, *, train: bool = False,
+                 mask: jnp.ndarray | None = None) -> jnp.ndarray:
+        """``mask``: optional bool ``[B, 1, T, T]`` attention mask (True = may attend)."""
         det = not train
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attn_dropout,
             kernel_init=_DENSE_INIT, force_fp32_for_softmax=True,
             attention_fn=attention_fn(self.attention), name="attn")(
-                y, y, deterministic=det)
+                y, y, mask=mask, deterministic=det)
         y = nn.Dropout(self.dropout)(y, deterministic=det)
         x = x + DropPath(self.drop_path)(y, deterministic=det)
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
@@ -238,12 +274,15 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, images: jnp.ndarray, *, keep_ids: jnp.ndarray | None = None,
-                 train: bool = False) -> jnp.ndarray:
+                 keep_valid: jnp.ndarray | None = None, train: bool = False) -> jnp.ndarray:
         """Encode ``images [B, H, W, C]``.
 
         Args:
           keep_ids: optional int ``[B, K]`` indices (raster order) of the patch tokens to
             encode; positions are added before the subset is taken.
+          keep_valid: optional bool ``[B, K]`` with ``keep_ids``: slots marked False are
+            padding (I-JEPA's context of variable size in a fixed number of slots): no token
+            attends to them, so valid tokens come out as if the padding were absent.
           train: enables dropout / stochastic depth (``"dropout"`` RNG).
 
         Returns:
@@ -282,10 +321,20 @@ class ViT(nn.Module):
             x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.dim)).astype(
                 self.dtype), x], axis=1)
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
+        mask = None
+        if keep_valid is not None:
+            if keep_ids is None or keep_valid.shape != keep_ids.shape:
+                raise ValueError(f"keep_valid {getattr(keep_valid, 'shape', None)} needs "
+                                 f"keep_ids of the same shape, got "
+                                 f"{getattr(keep_ids, 'shape', None)}")
+            valid = keep_valid
+            if self.use_cls:
+                valid = jnp.concatenate([jnp.ones((x.shape[0], 1), bool), valid], axis=1)
+            mask = key_padding_mask(valid)
         for i in range(self.depth):
             dp = self.drop_path_rate * i / max(self.depth - 1, 1)
             x = Block(self.num_heads, self.mlp_ratio, self.dropout, self.attn_dropout, dp,
-                      self.dtype, self.attention, name=f"block{i}")(x, train=train)
+                      self.dtype, self.attention, name=f"block{i}")(x, train=train, mask=mask)
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
         self.sow("intermediates", "tokens", x)
         if self.pool == "cls":
