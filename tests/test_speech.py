@@ -206,3 +206,20 @@ def test_wav_export_holds_the_dataset_samples(tmp_path):
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16_000, 1, 2)
         samples = np.frombuffer(w.readframes(w.getnframes()), "<i2")
     np.testing.assert_array_equal(samples, sd.make_clip("four", "en-gb+f1", 0)[0])
+
+
+def test_speech_results_table_row():
+    from jssl.evaluate.results_doc import speech_table
+
+    res = [{"protocol": "held-out contrastive accuracy (masked frames)", "kind": "pretext",
+            "accuracy": 0.5}]
+    for kind, base in (("linear", 0.9), ("linear_random_init", 0.5),
+                       ("linear_logmel_frames", 0.7), ("linear_logmel_mean_std", 0.6)):
+        res += [{"kind": kind, "label_fraction": f, "accuracy": base - d}
+                for f, d in ((1.0, 0.0), (0.1, 0.1), (0.05, 0.2))]
+    run = {"config": "w2v", "method": "wav2vec2", "epochs": 2.0, "train_wall_s": 600.0,
+           "results": res, "hardware": "cpu", "date": "d", "command": "c"}
+    row = speech_table([run]).splitlines()[2]
+    assert row.startswith("| w2v | wav2vec2 | 2.0 | 10.0 min | held-out contrastive accuracy "
+                          "(masked frames) 50.00 % | 90.00 / 80.00 / 70.00 | 50.00 / 40.00 / "
+                          "30.00 | 70.00 / 60.00 / 50.00 | 60.00 / 50.00 / 40.00 |")
