@@ -17,8 +17,10 @@ spoken_digits  The offline CPU preset: espeak-ng digits zero…nine (``jssl.data
                    --workdir=runs/wav2vec2_spoken_digits
                Reports: held-out contrastive accuracy and codebook perplexity; linear probes
                of the digit (100 % / 10 % / 5 % labels) on the pretrained and the
-               random-init transformer features, beside log-mel + linear baselines. The
-               measured run and its wall time are in docs/RESULTS.md.
+               random-init transformer features, beside log-mel + linear baselines.
+               Measured (docs/RESULTS.md): 14.4 min of training on a 2-core CPU; digit probe
+               97.21 % (random init 40.96 %, log-mel mean+std 96.35 %), 81.15 % with 5 % of
+               the labels; held-out contrastive accuracy 29.00 %, codebook perplexity 54 / 64.
 librispeech_base
                The paper's BASE recipe (§4.2, fairseq ``wav2vec2_base_librispeech``):
                LibriSpeech 960 h (TFDS ``librispeech``, feature ``speech``), crops of
