@@ -110,6 +110,27 @@ def test_resume_after_kill_is_bitwise_exact(tmp_path, data_root):
     assert a.data_state is not None and a.data_state == b.data_state
 
 
+def test_sigterm_saves_and_exits_without_evaluating(tmp_path, data_root):
+    """SIGTERM (preemption): the step in flight finishes, a checkpoint is saved, the process
+    exits with a message and no results.json; the same command then resumes and finishes."""
+    flags = ("--config.train.steps=40", "--config.train.log_every=1",
+             "--config.checkpoint.every=1000", "--config.checkpoint.async_save=False")
+    job = _main(tmp_path / "w", data_root, *flags)
+    for line in job.stdout:
+        if line.startswith("step 2/40"):
+            job.send_signal(signal.SIGTERM)
+            break
+    out, _ = job.communicate(timeout=600)
+    assert job.returncode == 1 and "preempted (signal 15) at step" in out, out[-3000:]
+    assert not (tmp_path / "w" / "results.json").exists()
+    saved = _final_state(tmp_path / "w").step
+    assert 2 <= saved < 40
+    resumed = _main(tmp_path / "w", data_root, *flags)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out[-3000:]
+    assert (tmp_path / "w" / "results.json").exists() and f"resumed from step {saved}" in out
+
+
 def _build(config, devices, batch):
     """(initial state, train step, method) of ``config`` on a mesh over ``devices``."""
     config = config.copy_and_resolve_references()
@@ -138,7 +159,8 @@ def assert_same_step(config, batch, one, eight, zero_grad: tuple[str, ...] = ())
     ``zero_grad``: substrings of param paths whose exact gradient is 0 (an attention key
     bias: softmax is invariant to a shift shared by all keys). Their float gradient is
     rounding noise, which Adam scales up (toward a full step of random sign), so on both
-    meshes they are only required to move less than 5 % of the largest move of the others.
+    meshes they are only required to move less than 25 % of the largest move of the others
+    (a real gradient makes Adam move a param by about the full step).
     """
     (p1, l1), (p8, l8) = one, eight
     np.testing.assert_allclose(l8, l1, rtol=1e-5)
@@ -153,7 +175,7 @@ def assert_same_step(config, batch, one, eight, zero_grad: tuple[str, ...] = ())
     moved = [float(np.max(np.abs(a - c))) for _, a, _, c in rest]
     assert max(moved) > 1e-4, moved
     for name, a, b, c in zero:
-        assert max(np.max(np.abs(a - c)), np.max(np.abs(b - c))) < 0.05 * max(moved), name
+        assert max(np.max(np.abs(a - c)), np.max(np.abs(b - c))) < 0.25 * max(moved), name
 
 
 def test_one_simclr_step_is_the_same_on_1_and_8_devices(tmp_path):
@@ -177,6 +199,8 @@ PRESETS = [(p, name) for p in EXPERIMENTS for name in load_experiment(p).PRESETS
 @pytest.mark.parametrize("path, preset", PRESETS, ids=[f"{p.stem}:{n}" for p, n in PRESETS])
 def test_every_preset_builds_and_traces_on_8_devices(path, preset):
     config = load_experiment(path).get_config(preset)
+    if "tokenizer" in config:  # BEiT: shapes only, no trained tokenizer run to read
+        config.tokenizer.untrained_ok = True
     mesh = make_mesh(config)
     method = get_method(config.method)(config, mesh)
     validate(config, mesh)

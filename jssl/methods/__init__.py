@@ -26,6 +26,8 @@ REGISTRY = {
     "word2vec": "jssl.methods.word2vec:Word2Vec",
     "wav2vec2": "jssl.methods.wav2vec2:Wav2Vec2",
     "ijepa": "jssl.methods.ijepa:IJEPA",
+    "vqvae": "jssl.methods.vqvae:VQVAE",
+    "beit": "jssl.methods.beit:BEiT",
 }
 
 

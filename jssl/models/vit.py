@@ -274,7 +274,8 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, images: jnp.ndarray, *, keep_ids: jnp.ndarray | None = None,
-                 keep_valid: jnp.ndarray | None = None, train: bool = False) -> jnp.ndarray:
+                 keep_valid: jnp.ndarray | None = None, mask: jnp.ndarray | None = None,
+                 train: bool = False) -> jnp.ndarray:
         """Encode ``images [B, H, W, C]``.
 
         Args:
@@ -283,6 +284,8 @@ class ViT(nn.Module):
           keep_valid: optional bool ``[B, K]`` with ``keep_ids``: slots marked False are
             padding (I-JEPA's context of variable size in a fixed number of slots): no token
             attends to them, so valid tokens come out as if the padding were absent.
+          mask: optional bool ``[B, N]`` over all patches (BEiT): masked patches' embeddings
+            are replaced by a learned ``mask_token`` before positions are added.
           train: enables dropout / stochastic depth (``"dropout"`` RNG).
 
         Returns:
@@ -298,6 +301,13 @@ class ViT(nn.Module):
         x = nn.Conv(self.dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
                     kernel_init=_DENSE_INIT, name="patch_embed")(images.astype(self.dtype))
         x = x.reshape(x.shape[0], gh * gw, self.dim)
+        if mask is not None:
+            if mask.shape != x.shape[:2]:
+                raise ValueError(f"mask of shape {mask.shape} must be [batch, patches] = "
+                                 f"{x.shape[:2]}")
+            token = self.param("mask_token", nn.initializers.truncated_normal(0.02),
+                               (self.dim,))
+            x = jnp.where(mask[..., None], token.astype(self.dtype), x)
         if self.pos_embed == "sincos":
             pos = jnp.asarray(sincos_2d_pos_embed(self.dim, (gh, gw)))[None]
         else:

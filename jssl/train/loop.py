@@ -122,4 +122,7 @@ def train(config: Any, workdir: str | os.PathLike, *,
                 break
         bar.close()
     ckpt.close()
+    if preempted:  # saved: stop here, with no evaluation of a half-trained model
+        raise SystemExit(f"preempted (signal {preempted.signum}) at step {done}: checkpoint "
+                         f"saved in {workdir}; run the same command to resume")
     return state, method

@@ -59,18 +59,29 @@ def _replace_part(current: Any, saved: Any, what: str, source: str) -> Any:
     return {**current, PART: jax.tree_util.tree_map_with_path(put, cur)}
 
 
+def restore_run(source: str, flag: str = "config.init_from",
+                fix: str = "run the pretraining there first") -> Any:
+    """The newest readable checkpoint of the jssl workdir ``source`` (``flag`` and ``fix``
+    word the errors: not a directory, no checkpoint)."""
+    if not os.path.isdir(source):
+        raise FileNotFoundError(f"{flag}={source!r} is not a directory; {fix}")
+    with Checkpointer(source, async_save=False) as ckpt:
+        restored = ckpt.restore()
+    if restored is None:
+        raise FileNotFoundError(f"{flag}={source!r} holds no checkpoint; {fix}")
+    return restored
+
+
+def saved_params(restored: Any) -> Any:
+    """``params`` of a restored checkpoint's state (a dict or a ``TrainState``)."""
+    return _field(restored.state, "params")
+
+
 def load_pretrained_encoder(state: Any, source: str | os.PathLike) -> Any:
     """``state`` (a ``TrainState``) with params/batch_stats ``["encoder"]`` from ``source``,
     a jssl workdir (its newest readable checkpoint)."""
     source = str(source)
-    if not os.path.isdir(source):
-        raise FileNotFoundError(f"config.init_from={source!r} is not a directory; give the "
-                                f"workdir of a finished pretraining run")
-    with Checkpointer(source, async_save=False) as ckpt:
-        restored = ckpt.restore()
-    if restored is None:
-        raise FileNotFoundError(f"config.init_from={source!r} holds no checkpoint; run the "
-                                f"pretraining there first")
+    restored = restore_run(source)
     saved = restored.state
     params = _replace_part(state.params, _field(saved, "params"), "params", source)
     variables = dict(state.variables)
