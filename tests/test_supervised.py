@@ -156,6 +156,24 @@ def test_results_doc_tables_and_label_efficiency_curves(tmp_path):
         results_doc.render(doc, {"other": "x"})
 
 
+def test_label_efficiency_backbone_tie_goes_to_the_better_ssl_probe():
+    """Equal numbers of supervised runs on two backbones: the curves use the backbone whose
+    best SSL probe is higher, whatever the order of the files."""
+    runs = [
+        _run_record("ssl_tiny", "simclr", "resnet tiny",
+                    [{"kind": "linear", "label_fraction": 1.0, "accuracy": 0.83}]),
+        _run_record("ssl_wide", "simclr", "resnet tiny_wide",
+                    [{"kind": "linear", "label_fraction": 1.0, "accuracy": 0.87}]),
+        *[_run_record(f"scratch_{b}", "supervised", f"resnet {b}",
+                      [{"kind": "scratch", "label_fraction": 1.0, "accuracy": a}])
+          for b, a in (("tiny", 0.86), ("tiny_wide", 0.88))],
+    ]
+    for order in (runs, runs[::-1]):
+        curves = results_doc.label_efficiency(order, {})
+        assert curves == {"ssl_wide + linear probe": {1.0: 0.87},
+                          "supervised from scratch": {1.0: 0.88}}
+
+
 def test_recorded_results_md_is_up_to_date():
     """docs/RESULTS.md equals what `jssl results` generates from docs/results/*.json."""
     assert results_doc.main(check=True) == 0

@@ -145,9 +145,16 @@ def label_efficiency(runs: list[dict], baselines: dict) -> dict[str, dict[float,
     """{curve name: {label fraction: accuracy}} for the best SSL run and the baselines.
 
     Same backbone on every curve: the SSL run is the best of those whose backbone is the
-    supervised runs' (the most common one when they differ)."""
+    supervised runs' (when they differ: the one with the most supervised runs, ties broken
+    by the best SSL linear probe on it, then by name, so the choice is deterministic)."""
     supervised = [r["backbone"] for r in runs if r["method"] == "supervised"]
-    same = max(set(supervised), key=supervised.count) if supervised else None
+
+    def best_probe(backbone: str) -> float:
+        return max((_find(r, "linear") or 0.0 for r in runs
+                    if _is_ssl(r) and r["backbone"] == backbone), default=0.0)
+
+    same = max(sorted(set(supervised)),
+               key=lambda b: (supervised.count(b), best_probe(b))) if supervised else None
     ssl = [r for r in runs if _is_ssl(r) and _find(r, "linear") is not None
            and (same is None or r["backbone"] == same)]
     curves: dict[str, dict[float, float]] = {}
