@@ -49,7 +49,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check jssl tests bench experiments
 
 test: $(STAMP) data lint
-	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=20 tests
 
 # PyTorch for the peers of bench/compare.py, in its own venv (never in jssl's requirements).
 TORCH_VENV := bench/.venv-torch

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_engine import _build, _one_step, assert_same_step, tiny_config
+from test_engine import _build, _one_step, _prepared, assert_same_step, tiny_config
 
 from jssl.models.vit import vit
 from jssl.models.vq_tokenizer import VQTokenizer
@@ -103,6 +103,6 @@ def test_one_beit_step_is_the_same_on_1_and_8_devices(tokenizer_run):
     config, batch = _beit_config(tokenizer_run, **{"optim.base_lr": 0.02}), _batch()
     p1, l1, inputs1 = _one_step(config, jax.devices()[:1], batch)
     p8, l8, _ = _one_step(config, jax.devices(), batch, inputs=inputs1)
-    _, _, own8 = _one_step(config, jax.devices(), batch)
+    own8 = _prepared(config, jax.devices(), batch)
     np.testing.assert_array_equal(own8["mask"], inputs1["mask"])
     assert_same_step(config, batch, (p1, l1), (p8, l8), zero_grad=("['key']['bias']",))

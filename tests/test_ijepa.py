@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_engine import ROOT, _build, _one_step, assert_same_step, load_experiment
+from test_engine import ROOT, _build, _one_step, _prepared, assert_same_step, load_experiment
 
 from jssl.masking.multiblock import max_block, multiblock_masks
 from jssl.methods.ijepa import linear_tau, smooth_l1
@@ -153,7 +153,7 @@ def test_one_ijepa_step_is_the_same_on_1_and_8_devices(setup):
     config, batch = setup
     p1, l1, inputs1 = _one_step(config, jax.devices()[:1], batch)
     p8, l8, _ = _one_step(config, jax.devices(), batch, inputs=inputs1)
-    _, _, own8 = _one_step(config, jax.devices(), batch)
+    own8 = _prepared(config, jax.devices(), batch)
     for k in ("target_ids", "target_valid", "context_ids", "context_valid"):
         np.testing.assert_array_equal(own8[k], inputs1[k])
     assert_same_step(config, batch, (p1, l1), (p8, l8), zero_grad=("['key']['bias']",))

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 from stat_bounds import binomial_sigma, within
-from test_engine import ROOT, _build, _one_step, assert_same_step, load_experiment
+from test_engine import ROOT, _build, _one_step, _prepared, assert_same_step, load_experiment
 
 from jssl.data import fortunes as f
 from jssl.train.run import run
@@ -71,7 +71,7 @@ def test_one_bert_step_is_the_same_on_1_and_8_devices(cache):
              "index": np.arange(16, dtype=np.int32)}
     p1, l1, inputs1 = _one_step(config, jax.devices()[:1], batch)
     p8, l8, inputs8 = _one_step(config, jax.devices(), batch, inputs=inputs1)
-    _, _, own8 = _one_step(config, jax.devices(), batch)
+    own8 = _prepared(config, jax.devices(), batch)
     for k in ("inputs", "labels", "weights"):
         np.testing.assert_array_equal(own8[k], inputs1[k])
     assert inputs1["weights"].sum() > 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from test_engine import _build, _one_step
+from test_engine import _build, _one_step, _prepared
 from test_text_methods import cache, text_config  # noqa: F401  (fixture)
 
 from jssl.data import fortunes as f
@@ -122,7 +122,7 @@ def test_one_t5_step_is_the_same_on_1_and_8_devices(cache):  # noqa: F811
     batch = {"tokens": _rows(config), "index": np.arange(16, dtype=np.int32)}
     p1, l1, inputs1 = _one_step(config, jax.devices()[:1], batch)
     p8, l8, inputs8 = _one_step(config, jax.devices(), batch, inputs=inputs1)
-    _, _, own8 = _one_step(config, jax.devices(), batch)
+    own8 = _prepared(config, jax.devices(), batch)
     for k in ("inputs", "targets"):
         np.testing.assert_array_equal(own8[k], inputs1[k])
     np.testing.assert_allclose(l8, l1, rtol=1e-5)

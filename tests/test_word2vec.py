@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from stat_bounds import binomial_sigma, within
-from test_engine import _one_step
+from test_engine import _one_step, _prepared
 from test_text_methods import cache, text_config  # noqa: F401  (fixture)
 
 from jssl import cli
@@ -149,7 +149,7 @@ def test_one_word2vec_step_is_the_same_on_1_and_8_devices(cache):  # noqa: F811
              "index": np.arange(16, dtype=np.int32)}
     p1, l1, inputs1 = _one_step(config, jax.devices()[:1], batch)
     p8, l8, _ = _one_step(config, jax.devices(), batch, inputs=inputs1)
-    _, _, own8 = _one_step(config, jax.devices(), batch)
+    own8 = _prepared(config, jax.devices(), batch)
     for k in ("centres", "contexts", "mask", "negatives"):
         np.testing.assert_array_equal(own8[k], inputs1[k])
     np.testing.assert_allclose(l8, l1, rtol=1e-6)
