@@ -15,9 +15,9 @@ fashion_mnist  Pretrain without labels on the 60 000 Fashion-MNIST training imag
                lr 0.1 × B/256, wd 5e-4, cosine with 50 warm-up steps. Deviation: the paper's
                gap is half a patch; at 28 px a 4 px gap would leave 6 px patches.
                python -m jssl.main --config=experiments/context.py:fashion_mnist \
-                   --workdir=runs/context_fmnist
-               2-core CPU; 2 × 256 patches of 8 px per step, cheaper than
-               simclr.py:fashion_mnist_tiny; wall time and accuracy not measured yet.
+                   --workdir=runs/context_fashion_mnist
+               2-core CPU (2026-12-02, load ~3): 3.7 min of training; linear probe 76.02 %,
+               kNN (k=20) 77.82 %, linear probe with 1 % labels 67.89 % (docs/RESULTS.md).
 imagenet_r50   The paper's patch geometry with a ResNet-50 instead of its AlexNet-style pair
                network: 96 px patches, 48 px gap, jitter ±7 px, taken from 398 px views
                (3·96 + 2·(48 + 7); the paper resizes images to 150k–450k pixels), crop scale

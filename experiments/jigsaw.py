@@ -15,9 +15,9 @@ fashion_mnist  Pretrain without labels on the 60 000 Fashion-MNIST training imag
                wd 5e-4, cosine with 50 warm-up steps. The encoder learns on 8 px tiles and is
                probed on whole 28 px images (the paper transfers conv layers the same way).
                python -m jssl.main --config=experiments/jigsaw.py:fashion_mnist \
-                   --workdir=runs/jigsaw_fmnist
-               2-core CPU; 9 × 256 tiles of 8 px per step, about the cost of
-               simclr.py:fashion_mnist_tiny; wall time and accuracy not measured yet.
+                   --workdir=runs/jigsaw_fashion_mnist
+               2-core CPU (2026-12-02, load ~4): 6.2 min of training; linear probe 77.87 %,
+               kNN (k=20) 79.94 %, linear probe with 1 % labels 71.59 % (docs/RESULTS.md).
 imagenet_r50   The paper's puzzle geometry with a ResNet-50 instead of its AlexNet-based
                context-free network: 225 px views (crop scale 0.08–1 + flip), 75 px cells,
                64 px tiles (jitter 11), 1000 permutations chosen from 10 000 random candidates

@@ -14,9 +14,10 @@ fashion_mnist    Pretrain without labels on the 60 000 Fashion-MNIST training im
                  recipe), LARS base lr 0.3, wd 1e-6 (solo-learn's CIFAR values), momentum
                  0.99 → 1 cosine, BYOL views without blur at 28 px (as byol.py:fashion_mnist).
                  python -m jssl.main --config=experiments/mocov3.py:fashion_mnist \
-                     --workdir=runs/mocov3_fmnist
-                 2-core CPU; about 1.5× simclr.py:fashion_mnist_tiny (one more encoder forward per
-                 view, no backward); wall time and accuracy not measured yet.
+                     --workdir=runs/mocov3_fashion_mnist
+                 2-core CPU (2026-12-02, load ~3.5, tests running beside it): 13.3 min of
+                 training; linear probe 78.90 %, kNN (k=20) 80.62 %, linear probe with 1 %
+                 labels 72.61 % (docs/RESULTS.md).
 imagenet_vits16  The paper's ViT-S/16 recipe (§4, official CONFIG.md): batch 4096, AdamW lr
                  1.5e-4 × B/256, wd 0.1, 300 epochs with 40 warm-up epochs, cosine; momentum
                  0.99 → 1 cosine, T = 0.2; projector 3 layers 4096 → 256, predictor 2 layers
