@@ -14,9 +14,10 @@ fashion_mnist  Pretrain without labels on the 60 000 Fashion-MNIST training imag
                Rotation is not fully defined on Fashion-MNIST's centred, often symmetric items
                (a shirt at 0° vs 180°), which caps the pretext accuracy.
                python -m jssl.main --config=experiments/rotnet.py:fashion_mnist \
-                   --workdir=runs/rotnet_fmnist
-               2-core CPU; about 2× simclr.py:fashion_mnist_tiny (1024 vs 512 encoder inputs per
-               step); wall time and accuracy not measured yet.
+                   --workdir=runs/rotnet_fashion_mnist
+               2-core CPU (2026-12-02, load ~2 with tests running beside it): 22.2 min of
+               training; linear probe 83.62 %, kNN (k=20) 85.60 %, linear probe with 1 % labels
+               77.51 % (docs/RESULTS.md); pretext accuracy ~93 % at the end.
 imagenet_r50   ImageNet-scale RotNet with a ResNet-50 (the paper's ImageNet model is an
                AlexNet; Kolesnikov et al. 2019 ran rotation with ResNet-50): batch 256 images
                (1024 rotated), 224 px crops (scale 0.08–1) + flip, head 2 layers 4096 hidden,

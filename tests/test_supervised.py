@@ -141,7 +141,7 @@ def test_results_doc_tables_and_label_efficiency_curves(tmp_path):
     curves = results_doc.label_efficiency(loaded, baselines)
     assert curves["simclr_a + linear probe"] == {0.01: 0.78, 0.1: 0.84, 1.0: 0.86}
     assert curves["supervised from scratch"] == {0.01: 0.70, 0.1: 0.82, 1.0: 0.91}
-    assert curves["SSL + fine-tuning"] == {0.01: 0.79}
+    assert curves["simclr_a + fine-tuning"] == {0.01: 0.79}
     assert curves["raw pixels + logistic regression"] == {0.01: 0.7778, 1.0: 0.8435}
     table = results_doc.label_efficiency_table(curves)
     assert "| 1% | 78.00 | 79.00 | 70.00 | 77.78 |" in table

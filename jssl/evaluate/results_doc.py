@@ -162,14 +162,17 @@ def label_efficiency(runs: list[dict], baselines: dict) -> dict[str, dict[float,
         best = max(ssl, key=lambda r: _find(r, "linear"))
         curves[f"{best['config']} + linear probe"] = {
             f: a for f in FRACTIONS if (a := _find(best, "linear", f)) is not None}
-    for kind, name in (("finetune", "SSL + fine-tuning"),
-                       ("scratch", "supervised from scratch")):
-        points = {}
+    for kind in ("finetune", "scratch"):
+        points, sources = {}, set()
         for r in runs:
             if (r["method"] == "supervised" and r["backbone"] == same
                     and (a := _find(r, kind, r["label_fraction"]))):
                 points[r["label_fraction"]] = max(a, points.get(r["label_fraction"], 0.0))
-        if points:
+                if r.get("init_from"):
+                    sources.add(Path(str(r["init_from"]).rstrip("/")).name)
+        if points:  # fine-tuning is named after the SSL run(s) it starts from
+            name = ("supervised from scratch" if kind == "scratch" else
+                    f"{' / '.join(sorted(sources)) or 'SSL'} + fine-tuning")
             curves[name] = points
     raw = {f: baselines[("linear", f)] for f in FRACTIONS if ("linear", f) in baselines}
     if raw:
