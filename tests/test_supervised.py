@@ -131,6 +131,10 @@ def test_results_doc_tables_and_label_efficiency_curves(tmp_path):
         _run_record("ft_1", "supervised", "resnet tiny",
                     [{"kind": "finetune", "label_fraction": 0.01, "accuracy": 0.79}],
                     fraction=0.01, init_from="runs/simclr_a"),
+        # Fine-tuned from a weaker SSL run: left out, the curve starts from the best one.
+        _run_record("ft_byol", "supervised", "resnet tiny",
+                    [{"kind": "finetune", "label_fraction": 0.01, "accuracy": 0.95}],
+                    fraction=0.01, init_from="runs/byol_a/"),
     ]
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir()

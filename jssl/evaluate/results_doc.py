@@ -162,14 +162,22 @@ def label_efficiency(runs: list[dict], baselines: dict) -> dict[str, dict[float,
         best = max(ssl, key=lambda r: _find(r, "linear"))
         curves[f"{best['config']} + linear probe"] = {
             f: a for f in FRACTIONS if (a := _find(best, "linear", f)) is not None}
+    def source(r: dict) -> str:
+        return Path(str(r.get("init_from") or "").rstrip("/")).name
+
+    # Fine-tuning from the best SSL run when there is any, else from whichever run there is.
+    best_name = best["config"] if ssl else None
+    from_best = any(source(r) == best_name for r in runs if r["method"] == "supervised")
     for kind in ("finetune", "scratch"):
         points, sources = {}, set()
         for r in runs:
+            if kind == "finetune" and from_best and source(r) != best_name:
+                continue
             if (r["method"] == "supervised" and r["backbone"] == same
                     and (a := _find(r, kind, r["label_fraction"]))):
                 points[r["label_fraction"]] = max(a, points.get(r["label_fraction"], 0.0))
                 if r.get("init_from"):
-                    sources.add(Path(str(r["init_from"]).rstrip("/")).name)
+                    sources.add(source(r))
         if points:  # fine-tuning is named after the SSL run(s) it starts from
             name = ("supervised from scratch" if kind == "scratch" else
                     f"{' / '.join(sorted(sources)) or 'SSL'} + fine-tuning")
