@@ -125,8 +125,8 @@ def test_gumbel_temperature_schedule():
     steps = config.train.steps
     gamma = config.method_params.gumbel_decay
     assert 2.0 * gamma ** int(0.7 * steps) == pytest.approx(0.5, rel=1e-6)
-    config = _cpu_tiny()
-    method = get_method(config.method)(config, make_mesh(config, devices=jax.devices()[:1]))
+    tiny = _cpu_tiny()
+    method = get_method(tiny.method)(tiny, make_mesh(tiny, devices=jax.devices()[:1]))
     method.tau = (2.0, 0.5, gamma)
     got = [float(method.gumbel_temperature(jnp.int32(s))) for s in (0, 100, steps - 1)]
     ref = [max(0.5, 2.0 * gamma ** s) for s in (0, 100, steps - 1)]

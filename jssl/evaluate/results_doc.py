@@ -141,6 +141,20 @@ def runs_table(runs: list[dict], baselines: dict) -> str:
     return "\n".join(rows)
 
 
+def _init_name(run: dict) -> str:
+    """The name of the run a fine-tuning run started from ('' when from scratch)."""
+    return Path(str(run.get("init_from") or "").rstrip("/")).name
+
+
+def _best_per_fraction(runs: list[dict], kind: str) -> dict[float, float]:
+    """{label fraction: best ``kind`` accuracy} over ``runs`` at their own label fraction."""
+    points: dict[float, float] = {}
+    for r in runs:
+        if a := _find(r, kind, r["label_fraction"]):
+            points[r["label_fraction"]] = max(a, points.get(r["label_fraction"], 0.0))
+    return points
+
+
 def label_efficiency(runs: list[dict], baselines: dict) -> dict[str, dict[float, float]]:
     """{curve name: {label fraction: accuracy}} for the best SSL run and the baselines.
 
@@ -157,31 +171,21 @@ def label_efficiency(runs: list[dict], baselines: dict) -> dict[str, dict[float,
                key=lambda b: (supervised.count(b), best_probe(b))) if supervised else None
     ssl = [r for r in runs if _is_ssl(r) and _find(r, "linear") is not None
            and (same is None or r["backbone"] == same)]
+    best = max(ssl, key=lambda r: _find(r, "linear")) if ssl else None
     curves: dict[str, dict[float, float]] = {}
-    if ssl:
-        best = max(ssl, key=lambda r: _find(r, "linear"))
+    if best is not None:
         curves[f"{best['config']} + linear probe"] = {
             f: a for f in FRACTIONS if (a := _find(best, "linear", f)) is not None}
-    def source(r: dict) -> str:
-        return Path(str(r.get("init_from") or "").rstrip("/")).name
 
-    # Fine-tuning from the best SSL run when there is any, else from whichever run there is.
-    best_name = best["config"] if ssl else None
-    from_best = any(source(r) == best_name for r in runs if r["method"] == "supervised")
-    for kind in ("finetune", "scratch"):
-        points, sources = {}, set()
-        for r in runs:
-            if kind == "finetune" and from_best and source(r) != best_name:
-                continue
-            if (r["method"] == "supervised" and r["backbone"] == same
-                    and (a := _find(r, kind, r["label_fraction"]))):
-                points[r["label_fraction"]] = max(a, points.get(r["label_fraction"], 0.0))
-                if r.get("init_from"):
-                    sources.add(source(r))
-        if points:  # fine-tuning is named after the SSL run(s) it starts from
-            name = ("supervised from scratch" if kind == "scratch" else
-                    f"{' / '.join(sorted(sources)) or 'SSL'} + fine-tuning")
-            curves[name] = points
+    on_same = [r for r in runs if r["method"] == "supervised" and r["backbone"] == same]
+    finetuned = [r for r in on_same if _init_name(r)]
+    if best is not None and any(_init_name(r) == best["config"] for r in finetuned):
+        finetuned = [r for r in finetuned if _init_name(r) == best["config"]]
+    if points := _best_per_fraction(finetuned, "finetune"):  # named after its init run(s)
+        sources = " / ".join(sorted({_init_name(r) for r in finetuned}))
+        curves[f"{sources} + fine-tuning"] = points
+    if points := _best_per_fraction(on_same, "scratch"):
+        curves["supervised from scratch"] = points
     raw = {f: baselines[("linear", f)] for f in FRACTIONS if ("linear", f) in baselines}
     if raw:
         curves["raw pixels + logistic regression"] = raw
