@@ -24,7 +24,7 @@ def get_config(arg: str = "fashion_mnist") -> ml_collections.ConfigDict:
     c.name = f"vqvae_{arg}"
     c.model.tokenizer = ml_collections.ConfigDict(
         {"preset": "cifar", "patch_size": 4, "codebook_size": 512, "code_dim": 32,
-         "hidden": 64})
+         "hidden": 32, "l2_normalize": True})
     c.optim = ml_collections.ConfigDict(
         {"name": "adamw", "base_lr": 1e-3, "lr_scaling": "none", "weight_decay": 0.0,
          "b1": 0.9, "b2": 0.999, "schedule": "cosine", "warmup_steps": 50,

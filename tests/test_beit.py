@@ -63,6 +63,14 @@ def test_beit_needs_a_trained_tokenizer(tmp_path):
         _build(config, jax.devices()[:1], _batch())
 
 
+def test_beit_refuses_a_tokenizer_trained_with_other_settings(tokenizer_run):
+    config = _beit_config(tokenizer_run)
+    config.model.tokenizer.l2_normalize = True  # same parameter shapes, other ids
+    with pytest.raises(ValueError, match=r"config.model.tokenizer=.*differs from the "
+                                         r"tokenizer run's"):
+        _build(config, jax.devices()[:1], _batch())
+
+
 def test_beit_masks_and_loss_match_numpy(tokenizer_run):
     config = _beit_config(tokenizer_run)
     state, step, method = _build(config, jax.devices()[:1], _batch())

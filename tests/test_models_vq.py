@@ -49,6 +49,27 @@ def test_ids_perplexity_and_vq_loss_match_numpy(tiny):
     np.testing.assert_allclose(vq_loss, ref_vq, rtol=1e-5)
 
 
+def test_l2_normalized_lookup_matches_numpy(tiny):
+    """ViT-VQGAN codes: nearest by cosine, losses on unit vectors, decoder sees unit codes."""
+    _, params, images = tiny
+    plain, normed = vq_tokenizer("tiny"), vq_tokenizer("tiny", l2_normalize=True)
+    run = jax.jit(lambda p, x, model: model.apply({"params": p}, x), static_argnums=2)
+    _, ids, vq_loss, _ = run(params, images, normed)
+    z = np.asarray(jax.jit(lambda p, x: plain.apply({"params": p}, x,
+                                                    method=VQTokenizer._encode_latent))(
+        params, images), np.float64)
+    e = np.asarray(params["codebook"], np.float64)
+    zn = z / np.linalg.norm(z, axis=-1, keepdims=True)
+    en = e / np.linalg.norm(e, axis=-1, keepdims=True)
+    ids_np = np.asarray(ids)
+    np.testing.assert_array_equal(ids_np, (zn @ en.T).argmax(-1))
+    np.testing.assert_allclose(vq_loss, 1.25 * np.mean((zn - en[ids_np]) ** 2), rtol=1e-4)
+    codes = np.asarray(normed.apply({"params": params}, method=VQTokenizer.codes))
+    np.testing.assert_allclose(codes, en, rtol=1e-5, atol=1e-6)
+    # the unnormalised lookup picks other codes on the same latents (codes at +-1/K)
+    assert not np.array_equal(ids_np, np.asarray(run(params, images, plain)[1]))
+
+
 def test_straight_through_gradients_reach_encoder(tiny):
     model, params, images = tiny
     (loss, metrics), grads = jax.jit(jax.value_and_grad(

@@ -20,6 +20,8 @@ of the patch tokens.
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -37,6 +39,22 @@ from jssl.models.vq_tokenizer import VQTokenizer
 
 TRAIN_TOKENIZER = ("python -m jssl.main --config=experiments/vqvae.py:fashion_mnist "
                    "--workdir=runs/vqvae_fashion_mnist")
+
+
+def check_tokenizer_config(workdir: str, tokenizer_config: Any) -> None:
+    """Raise unless the tokenizer run in ``workdir`` was trained with ``tokenizer_config``
+    (``config.model.tokenizer``): settings such as ``l2_normalize`` change the ids without
+    changing any parameter shape."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return  # a bare checkpoint directory: only the shapes are checked
+    with open(path) as f:
+        saved = json.load(f).get("model", {}).get("tokenizer")
+    wanted = tokenizer_config.to_dict()
+    if saved is not None and saved != wanted:
+        raise ValueError(f"config.model.tokenizer={wanted} differs from the tokenizer run's "
+                         f"{saved} ({path}); set config.model.tokenizer to the run's or "
+                         f"retrain the tokenizer with this one")
 
 
 def load_tokenizer_params(workdir: str) -> Any:
@@ -74,6 +92,7 @@ class BEiT(Method):
         tok = config.tokenizer
         self.tokenizer_params = None
         if tok.get("workdir"):
+            check_tokenizer_config(str(tok.workdir), config.model.tokenizer)
             self.tokenizer_params = load_tokenizer_params(str(tok.workdir))
         elif not tok.get("untrained_ok", False):
             raise ValueError(f"config.tokenizer.workdir is unset: BEiT predicts the ids of a "

@@ -52,5 +52,7 @@ class VQVAE(Method):
     def features(self, variables, extra, images):
         ids = self.model.apply({"params": variables["params"]["encoder"]}, images,
                                method=VQTokenizer.encode)
-        codes = variables["params"]["encoder"]["codebook"][ids]  # [B, h, w, code_dim]
+        table = self.model.apply({"params": variables["params"]["encoder"]},
+                                 method=VQTokenizer.codes)
+        codes = table[ids]  # [B, h, w, code_dim]
         return jnp.mean(codes.reshape(codes.shape[0], -1, codes.shape[-1]), axis=1)

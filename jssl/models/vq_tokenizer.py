@@ -10,6 +10,10 @@ code id sits on each ViT patch.
 * quantiser: nearest of ``codebook_size`` codes (squared L2 in float32); straight-through
   estimator ``z_q = z + sg(e - z)``; ``vq_loss = ||sg(z) - e||^2 + beta * ||z - sg(e)||^2``
   (codebook loss + commitment loss, beta = 0.25);
+* ``l2_normalize`` (ViT-VQGAN, Yu et al. 2022, §3.2): ``z`` and every code are divided by
+  their L2 norm before the lookup and the losses, so the nearest code is the one of largest
+  cosine similarity and the codebook cannot drift away from the encoder's scale (without it,
+  codes initialised at ±1/K against large encoder outputs mostly go unused);
 * decoder: 1x1 conv, ``log2(patch_size)`` stride-2 4x4 transposed convs (ReLU), 3x3 conv.
 
 ``perplexity = exp(H(p))`` with ``p`` the code-usage frequencies over the batch (``K`` when all
@@ -29,8 +33,8 @@ Dtype = Any
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(patch_size=4, codebook_size=16, code_dim=8, hidden=16),
-    "cifar": dict(patch_size=4, codebook_size=512, code_dim=32, hidden=128),
-    "beit": dict(patch_size=8, codebook_size=8192, code_dim=32, hidden=128),
+    "cifar": dict(patch_size=4, codebook_size=512, code_dim=32, hidden=128, l2_normalize=True),
+    "beit": dict(patch_size=8, codebook_size=8192, code_dim=32, hidden=128, l2_normalize=True),
 }
 
 
@@ -45,6 +49,7 @@ class VQTokenizer(nn.Module):
       hidden: conv channel width.
       channels: image channels.
       beta: commitment loss weight (0.25).
+      l2_normalize: look up and train on L2-normalised latents and codes (ViT-VQGAN).
       dtype: conv computation dtype (quantisation and losses in float32).
     """
 
@@ -54,6 +59,7 @@ class VQTokenizer(nn.Module):
     hidden: int = 128
     channels: int = 3
     beta: float = 0.25
+    l2_normalize: bool = False
     dtype: Dtype = jnp.float32
 
     def setup(self) -> None:
@@ -86,10 +92,19 @@ class VQTokenizer(nn.Module):
         x = nn.relu(self.enc_in(images.astype(self.dtype)))
         for layer in self.enc_down:
             x = nn.relu(layer(x))
-        return self.enc_out(x).astype(jnp.float32)
+        return self._norm(self.enc_out(x).astype(jnp.float32))
+
+    def _norm(self, v: jnp.ndarray) -> jnp.ndarray:
+        if not self.l2_normalize:
+            return v
+        return v * jax.lax.rsqrt(jnp.maximum(jnp.sum(v * v, -1, keepdims=True), 1e-12))
+
+    def codes(self) -> jnp.ndarray:
+        """The code vectors ``[K, code_dim]`` as the decoder sees them (normalised if set)."""
+        return self._norm(self.codebook)
 
     def _nearest(self, z: jnp.ndarray) -> jnp.ndarray:
-        e = self.codebook
+        e = self.codes()
         d = (jnp.sum(z * z, -1, keepdims=True) - 2.0 * jnp.einsum("...d,kd->...k", z, e)
              + jnp.sum(e * e, -1))
         return jnp.argmin(d, axis=-1).astype(jnp.int32)
@@ -100,7 +115,7 @@ class VQTokenizer(nn.Module):
 
     def decode_ids(self, ids: jnp.ndarray) -> jnp.ndarray:
         """Images ``[B, H, W, C]`` (float32) reconstructed from token ids ``[B, h, w]``."""
-        return self._decode(self.codebook[ids])
+        return self._decode(self.codes()[ids])
 
     def _decode(self, zq: jnp.ndarray) -> jnp.ndarray:
         x = nn.relu(self.dec_in(zq.astype(self.dtype)))
@@ -112,7 +127,7 @@ class VQTokenizer(nn.Module):
         """Returns ``(recon [B, H, W, C] float32, ids [B, H/p, W/p], vq_loss, perplexity)``."""
         z = self._encode_latent(images)
         ids = self._nearest(z)
-        e = self.codebook[ids]
+        e = self.codes()[ids]
         sg = jax.lax.stop_gradient
         codebook_loss = jnp.mean((sg(z) - e) ** 2)
         commitment = jnp.mean((z - sg(e)) ** 2)
