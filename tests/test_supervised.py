@@ -178,6 +178,23 @@ def test_label_efficiency_backbone_tie_goes_to_the_better_ssl_probe():
                           "supervised from scratch": {1.0: 0.88}}
 
 
+def test_label_efficiency_backbone_with_more_label_fractions_comes_first():
+    """Three from-scratch fractions on one backbone beat four runs at one fraction on the
+    other; every backbone with supervised runs gets its own curves."""
+    scratch = [{"kind": "scratch", "label_fraction": 1.0, "accuracy": 0.9}]
+    runs = [*[_run_record(f"tiny_{i}", "supervised", "resnet tiny", scratch) for i in range(4)],
+            *[_run_record(f"wide_{f}", "supervised", "resnet tiny_wide",
+                          [{"kind": "scratch", "label_fraction": f, "accuracy": f}], fraction=f)
+              for f in (0.01, 0.1, 1.0)],
+            _run_record("ssl_tiny", "simclr", "resnet tiny",
+                        [{"kind": "linear", "label_fraction": 1.0, "accuracy": 0.99}])]
+    assert results_doc.backbones_by_evidence(runs) == ["resnet tiny_wide", "resnet tiny"]
+    assert results_doc.label_efficiency(runs, {}) == {
+        "supervised from scratch": {0.01: 0.01, 0.1: 0.1, 1.0: 1.0}}
+    assert results_doc.label_efficiency(runs, {}, "resnet tiny") == {
+        "ssl_tiny + linear probe": {1.0: 0.99}, "supervised from scratch": {1.0: 0.9}}
+
+
 def test_recorded_results_md_is_up_to_date():
     """docs/RESULTS.md equals what `jssl results` generates from docs/results/*.json."""
     assert results_doc.main(check=True) == 0

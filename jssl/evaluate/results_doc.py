@@ -155,20 +155,30 @@ def _best_per_fraction(runs: list[dict], kind: str) -> dict[float, float]:
     return points
 
 
-def label_efficiency(runs: list[dict], baselines: dict) -> dict[str, dict[float, float]]:
-    """{curve name: {label fraction: accuracy}} for the best SSL run and the baselines.
-
-    Same backbone on every curve: the SSL run is the best of those whose backbone is the
-    supervised runs' (when they differ: the one with the most supervised runs, ties broken
-    by the best SSL linear probe on it, then by name, so the choice is deterministic)."""
-    supervised = [r["backbone"] for r in runs if r["method"] == "supervised"]
-
+def backbones_by_evidence(runs: list[dict]) -> list[str]:
+    """Backbones that have supervised runs, the best-covered first: ranked by the number of
+    label fractions with a from-scratch run, then by the best SSL linear probe on the
+    backbone, then by name (deterministic whatever the order of the files)."""
     def best_probe(backbone: str) -> float:
         return max((_find(r, "linear") or 0.0 for r in runs
                     if _is_ssl(r) and r["backbone"] == backbone), default=0.0)
 
-    same = max(sorted(set(supervised)),
-               key=lambda b: (supervised.count(b), best_probe(b))) if supervised else None
+    def covered(backbone: str) -> int:
+        return len({r["label_fraction"] for r in runs if r["method"] == "supervised"
+                    and r["backbone"] == backbone and not _init_name(r)})
+
+    found = sorted({r["backbone"] for r in runs if r["method"] == "supervised"})
+    return sorted(found, key=lambda b: (-covered(b), -best_probe(b), b))
+
+
+def label_efficiency(runs: list[dict], baselines: dict,
+                     backbone: str | None = None) -> dict[str, dict[float, float]]:
+    """{curve name: {label fraction: accuracy}} for the best SSL run and the baselines.
+
+    Same backbone on every curve: ``backbone``, by default the first of
+    :func:`backbones_by_evidence`. The SSL curves come from the best linear probe on it."""
+    order = backbones_by_evidence(runs)
+    same = backbone or (order[0] if order else None)
     ssl = [r for r in runs if _is_ssl(r) and _find(r, "linear") is not None
            and (same is None or r["backbone"] == same)]
     best = max(ssl, key=lambda r: _find(r, "linear")) if ssl else None
@@ -249,11 +259,14 @@ def main(runs_dir: str | None = None, *, check: bool = False, add: list[str] = (
     text = [r for r in every if dataset_of(r) == "fortunes"]
     speech = [r for r in every if dataset_of(r).startswith("spoken_digits_local")]
     baselines = load_baselines()
-    curves = label_efficiency(runs, baselines)
+    per_backbone = {b: label_efficiency(runs, baselines, b) for b in backbones_by_evidence(runs)}
+    curves = next(iter(per_backbone.values()), {})
     doc_path = DOCS / "RESULTS.md"
     doc = doc_path.read_text()
     new = render(doc, {"runs": runs_table(runs, baselines), "text_runs": text_table(text),
-                       "label_efficiency": label_efficiency_table(curves),
+                       "label_efficiency": "\n\n".join(
+                           f"**Backbone: {b}**\n\n{label_efficiency_table(c)}"
+                           for b, c in per_backbone.items()),
                        "speech_runs": speech_table(speech)})
     if check:
         if new != doc:
