@@ -27,9 +27,9 @@ fashion_mnist_long
                python -m jssl.main --config=experiments/simclr.py:fashion_mnist_long \
                    --workdir=runs/simclr_fashion_mnist_long
                2-core CPU (docs/RESULTS.md, row simclr_fashion_mnist_long): 95 min of training
-               with other runs beside it (load 4; ~0.55 s/step, ~83 min, with the cores to
-               itself), ~100 min with the evaluation; linear probe 89.27 %, kNN 86.52 %,
-               1 % labels 81.90 %.
+               with other runs beside it (load 4; 0.55-0.61 s/step in stretches with the cores
+               nearly to itself, i.e. 83-92 min), ~100 min with the evaluation; linear probe
+               89.27 %, kNN 86.52 %, 1 % labels 81.90 %.
 fashion_mnist_gpu
                The GPU preset: the same pretraining on one GPU with a CIFAR-stem ResNet-18
                (512-d features) in bfloat16, batch 512, projector 2048-128, LARS lr 1.7
