@@ -42,7 +42,7 @@ def get_config(arg: str = "fashion_mnist") -> ml_collections.ConfigDict:
         {"name": "vit", "preset": "tiny", "patch_size": 4, "dim": 128, "depth": 6,
          "num_heads": 4, "pos_embed": "sincos", "use_cls": True, "pool": "none"})
     c.model.tokenizer = ml_collections.ConfigDict(
-        {"preset": "cifar", "patch_size": 4, "codebook_size": 512, "code_dim": 32,
+        {"preset": "cifar", "patch_size": 4, "codebook_size": 512, "code_dim": 8,
          "hidden": 32, "l2_normalize": True})
     c.tokenizer = ml_collections.ConfigDict(
         {"workdir": ml_collections.FieldReference(None, field_type=str),
