@@ -10,16 +10,19 @@ tiny             CI smoke test: 4 steps of a tiny ViT (patch 4) on Fashion-MNIST
                      --config.tokenizer.workdir=/tmp/tok --workdir=/tmp/t
 fashion_mnist    ViT dim 128, depth 6, 4 heads, patch 4 (7 × 7 patches + cls), blockwise
                  masks of 20 of the 49 patches (~40 %, blocks of ≥ 4), tokenizer of
-                 vqvae.py:fashion_mnist (512 codes); crop 0.2–1 + flip; AdamW lr 1.5e-3
-                 (at batch 256, linear rule), β2 0.999, wd 0.05, 50 warm-up steps, cosine;
-                 batch 256, 1000 steps.
+                 vqvae.py:fashion_mnist (512 L2-normalised codes of width 8); crop 0.2–1 +
+                 flip; AdamW lr 1.5e-3 (at batch 256, linear rule), β2 0.999, wd 0.05, 50
+                 warm-up steps, cosine; batch 256, 1000 steps.
                  python -m jssl.main --config=experiments/vqvae.py:fashion_mnist \\
                      --workdir=runs/vqvae_fashion_mnist
                  python -m jssl.main --config=experiments/beit.py:fashion_mnist \\
                      --config.tokenizer.workdir=runs/vqvae_fashion_mnist \\
                      --workdir=runs/beit_fashion_mnist
-                 2-core CPU: about mae.py:fashion_mnist's cost (the ViT sees all 49 patches);
-                 not yet measured.
+                 2-core CPU, 2026-12-02 (docs/RESULTS.md, row beit_fashion_mnist): 43 min of
+                 training with other runs beside it (0.68 steps/s alone, ~25 min), token
+                 accuracy 0.36 on masked patches; linear probe 81.61 %, kNN 78.18 %, 1 %
+                 labels 73.00 %. The tokenizer (L2-normalised width-8 codes) used 77 of 512
+                 codes in perplexity.
 imagenet_b16     The paper's BEiT-B recipe (§2, App. B): ViT-B/16 at 224 px, 75 of 196
                  patches masked blockwise (min block 16), 8192 visual tokens, batch 2048, AdamW
                  lr 1.5e-3, β2 0.999, wd 0.05, 800 epochs with 10 warm-up epochs, bfloat16.
