@@ -177,8 +177,7 @@ def label_efficiency(runs: list[dict], baselines: dict,
 
     Same backbone on every curve: ``backbone``, by default the first of
     :func:`backbones_by_evidence`. The SSL curves come from the best linear probe on it."""
-    order = backbones_by_evidence(runs)
-    same = backbone or (order[0] if order else None)
+    same = backbone or next(iter(backbones_by_evidence(runs)), None)
     ssl = [r for r in runs if _is_ssl(r) and _find(r, "linear") is not None
            and (same is None or r["backbone"] == same)]
     best = max(ssl, key=lambda r: _find(r, "linear")) if ssl else None

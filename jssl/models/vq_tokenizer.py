@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jssl.losses._common import l2_normalize
+
 Dtype = Any
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -95,23 +97,21 @@ class VQTokenizer(nn.Module):
         return self._norm(self.enc_out(x).astype(jnp.float32))
 
     def _norm(self, v: jnp.ndarray) -> jnp.ndarray:
-        if not self.l2_normalize:
-            return v
-        return v * jax.lax.rsqrt(jnp.maximum(jnp.sum(v * v, -1, keepdims=True), 1e-12))
+        return l2_normalize(v) if self.l2_normalize else v
 
     def codes(self) -> jnp.ndarray:
         """The code vectors ``[K, code_dim]`` as the decoder sees them (normalised if set)."""
         return self._norm(self.codebook)
 
-    def _nearest(self, z: jnp.ndarray) -> jnp.ndarray:
-        e = self.codes()
+    def _nearest(self, z: jnp.ndarray, e: jnp.ndarray) -> jnp.ndarray:
+        """Index of the code in ``e`` [K, D] nearest to each ``z`` [..., D]."""
         d = (jnp.sum(z * z, -1, keepdims=True) - 2.0 * jnp.einsum("...d,kd->...k", z, e)
              + jnp.sum(e * e, -1))
         return jnp.argmin(d, axis=-1).astype(jnp.int32)
 
     def encode(self, images: jnp.ndarray) -> jnp.ndarray:
         """Token ids ``[B, H/p, W/p]`` (int32, in ``[0, codebook_size)``)."""
-        return self._nearest(self._encode_latent(images))
+        return self._nearest(self._encode_latent(images), self.codes())
 
     def decode_ids(self, ids: jnp.ndarray) -> jnp.ndarray:
         """Images ``[B, H, W, C]`` (float32) reconstructed from token ids ``[B, h, w]``."""
@@ -126,8 +126,9 @@ class VQTokenizer(nn.Module):
     def __call__(self, images: jnp.ndarray):
         """Returns ``(recon [B, H, W, C] float32, ids [B, H/p, W/p], vq_loss, perplexity)``."""
         z = self._encode_latent(images)
-        ids = self._nearest(z)
-        e = self.codes()[ids]
+        codes = self.codes()
+        ids = self._nearest(z, codes)
+        e = codes[ids]
         sg = jax.lax.stop_gradient
         codebook_loss = jnp.mean((sg(z) - e) ** 2)
         commitment = jnp.mean((z - sg(e)) ** 2)
