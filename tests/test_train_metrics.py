@@ -46,6 +46,14 @@ def test_jsonl_and_tensorboard_scalars(tmp_path):
     with MetricsWriter(tmp_path, tensorboard=False) as w:
         w.write_scalars(30, {"loss": 0.5})
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [10, 20, 30]
+    # A resume from the checkpoint of step 20 drops step 30 (written after that checkpoint,
+    # written again by the resumed run) and a torn last line; earlier records stay as they were.
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 40, "lo')
+    with MetricsWriter(tmp_path, tensorboard=False, resume_step=20) as w:
+        w.write_scalars(30, {"loss": 0.25})
+    again = read_metrics(tmp_path / "metrics.jsonl")
+    assert again[:2] == recs and [(r["step"], r["loss"]) for r in again[2:]] == [(30, 0.25)]
 
     (event_file,) = list((tmp_path / "tb").glob("events.out.tfevents.*"))
     scalars = {}

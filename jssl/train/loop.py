@@ -101,7 +101,7 @@ def train(config: Any, workdir: str | os.PathLike, *,
     every = config.train.get("log_every", 50)
     save_every = ckpt_cfg.get("every", 1000)
     spec = batch_spec(mesh)
-    with MetricsWriter(workdir) as writer:
+    with MetricsWriter(workdir, resume_step=start) as writer:
         bar = ProgressBar(total, global_batch=config.train.batch_size, start_step=start,
                           every=every)
         for step in range(start, total):

@@ -4,7 +4,9 @@
   object ``{"step", "time", **metrics}`` to ``workdir/metrics.jsonl`` (flushed,
   so a crash loses nothing already written) and, when ``tensorboardX`` is
   installed, the same scalars to TensorBoard event files in ``workdir/tb``.
-  Only process 0 writes; on other processes it is a no-op.
+  Only process 0 writes; on other processes it is a no-op. ``MetricsWriter(workdir,
+  resume_step=k)`` first drops the records of steps > k, which a run stopped after its
+  last checkpoint at step k wrote and the resumed run writes again.
 * ``write_config(workdir, config)``: ``workdir/config.json``.
 * ``ProgressBar``: step/total, steps/s, examples/s, loss, ETA; a ``\\r``-updated
   line on a terminal, one plain line every ``every`` steps otherwise (logs).
@@ -38,7 +40,7 @@ class MetricsWriter:
     """Append scalars to ``metrics.jsonl`` and TensorBoard (``tensorboardX``, if installed)."""
 
     def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True,
-                 enabled: bool | None = None):
+                 enabled: bool | None = None, resume_step: int | None = None):
         self.workdir = Path(workdir)
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = self.workdir / "metrics.jsonl"
@@ -47,6 +49,8 @@ class MetricsWriter:
         if not self.enabled:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            _drop_after(self.path, resume_step)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         if tensorboard:
             try:
@@ -90,6 +94,24 @@ class MetricsWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _drop_after(path: Path, step: int) -> None:
+    """Rewrite ``path`` (atomically: temp file + rename) without records of steps > ``step``."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line from a crash
+        if int(record.get("step", 0)) <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
