@@ -21,6 +21,15 @@ spoken_digits  The offline CPU preset: espeak-ng digits zero…nine (``jssl.data
                Measured (docs/RESULTS.md): 14.4 min of training on a 2-core CPU; digit probe
                97.21 % (random init 40.96 %, log-mel mean+std 96.35 %), 81.15 % with 5 % of
                the labels; held-out contrastive accuracy 29.00 %, codebook perplexity 54 / 64.
+spoken_digit_strings
+               As ``spoken_digits`` but pretrained on continuous speech: 700 short digit
+               strings (2–4 digits, 3 s clips; ``spoken_digits_local/strings``) of the same
+               70 training voices (2 100 s of clips; the words: 2 800 s), 1 s crops that
+               cut across word boundaries; probed on the single words as above
+               (``config.data.eval_name``).
+               python -m jssl.main --config=experiments/wav2vec2.py:spoken_digit_strings \\
+                   --workdir=runs/wav2vec2_spoken_digit_strings
+               2-core CPU: as ``spoken_digits`` (same steps and crops, ~15 min of training).
 librispeech_base
                The paper's BASE recipe (§4.2, fairseq ``wav2vec2_base_librispeech``):
                LibriSpeech 960 h (TFDS ``librispeech``, feature ``speech``), crops of
@@ -33,7 +42,7 @@ librispeech_base
 """
 import ml_collections
 
-PRESETS = ("tiny", "spoken_digits", "librispeech_base")
+PRESETS = ("tiny", "spoken_digits", "spoken_digit_strings", "librispeech_base")
 #: the paper's feature-encoder strides (product 320 = 20 ms at 16 kHz), narrower channels
 CPU_CONV = ((32, 10, 5),) + ((32, 3, 2),) * 4 + ((32, 2, 2),) * 2
 
@@ -48,7 +57,8 @@ def base() -> ml_collections.ConfigDict:
         "name": "spoken_digits_local/default", "modality": "speech",
         "data_dir": ml_collections.FieldReference(None, field_type=str),
         "audio_feature": "audio", "label_feature": "label", "crop": 16_000,
-        "train_split": "train", "test_split": "test", "worker_count": 0})
+        "train_split": "train", "test_split": "test", "worker_count": 0,
+        "eval_name": ml_collections.FieldReference(None, field_type=str)})
     c.model = ml_collections.ConfigDict()
     c.model.encoder = ml_collections.ConfigDict({
         "name": "wav2vec2", "preset": "base", "conv_layers": CPU_CONV, "dim": 128,
@@ -97,6 +107,9 @@ def get_config(arg: str = "spoken_digits") -> ml_collections.ConfigDict:
         c.eval.weight_decays = (1e-3,)  # 20 labelled clips: too few for a held-out wd search
     elif arg == "spoken_digits":
         pass
+    elif arg == "spoken_digit_strings":
+        c.data.update({"name": "spoken_digits_local/strings",
+                       "eval_name": "spoken_digits_local/default"})
     elif arg == "librispeech_base":
         c.data.update({"name": "librispeech", "audio_feature": "speech", "label_feature": None,
                        "crop": 250_000, "train_split": "train_clean100+train_clean360"

@@ -15,7 +15,7 @@ from scipy.signal import resample_poly
 from test_engine import ROOT, _build, _one_step, _prepared, assert_same_step, load_experiment
 
 from jssl.data import spoken_digits as sd
-from jssl.data.speech import CropAudio, window
+from jssl.data.speech import CropAudio, eval_arrays, train_loader, window
 from jssl.evaluate.logmel import log_mel, logmel_features, mel_filterbank
 from jssl.methods import get_method
 from jssl.train.mesh import make_mesh
@@ -32,6 +32,7 @@ def data_dir(tmp_path_factory):
         pytest.skip("Debian espeak-ng not installed")
     root = tmp_path_factory.mktemp("tfds")
     sd.prepare_spoken_digits(root, "tiny")
+    sd.prepare_spoken_digits(root, "strings_tiny")
     return root
 
 
@@ -83,6 +84,59 @@ def test_clip_snr_matches_the_drawn_noise_level():
     noise = clip / 32767.0 - clean
     measured = 10 * np.log10(np.mean(x.astype(np.float64) ** 2) / np.mean(noise ** 2))
     assert abs(measured - snr_db) < 0.3, (measured, snr_db)
+
+
+@needs_espeak
+def test_digit_strings_hold_the_spoken_digits_of_their_text(data_dir):
+    """A string clip is its digits read by espeak-ng: clip − the clean utterance (synthesised
+    here from draws re-made with the clip's seed) is noise at the drawn SNR, and the record
+    names those digits; strings are 2–4 digits, 3 s, and the split is by voice."""
+    test = tfds.data_source(f"{sd.NAME}/strings_tiny", split="test", data_dir=data_dir)
+    train = tfds.data_source(f"{sd.NAME}/strings_tiny", split="train", data_dir=data_dir)
+    assert (len(train), len(test)) == (4, 2)
+    assert {train[i]["voice"].decode() for i in range(4)} == {"en-us+m1", "en-gb+f1"}
+    voice, take = "en-029+m3", 1
+    record = test[take]
+    assert record["voice"].decode() == voice and record["audio"].shape == (48_000,)
+    rng = np.random.default_rng(zlib.crc32(f"{voice}|string|{take}".encode()))
+    digits = rng.integers(0, 10, int(rng.integers(2, 5)))
+    assert record["digits"].decode() == "".join(map(str, digits)) and 2 <= len(digits) <= 4
+    speed, pitch = int(rng.integers(120, 221)), int(rng.integers(25, 76))
+    snr_db = float(rng.uniform(10.0, 30.0))
+    text = " ".join(sd.WORDS[d] for d in digits)
+    x = sd.trim(resample_poly(sd.synthesize(text, voice, speed, pitch), 320, 441))
+    longest_word = max(len(sd.trim(sd.synthesize(sd.WORDS[d], voice, speed, pitch)))
+                       for d in set(digits)) * 320 / 441
+    assert len(x) > 1.5 * longest_word  # several words, not one
+    offset = int(rng.integers(0, 48_000 - len(x) + 1))
+    clean = np.zeros(48_000)
+    clean[offset:offset + len(x)] = x
+    clip = record["audio"] / 32767.0
+    scale = 1.0 if np.abs(record["audio"]).max() < 0.9 * 32767 else float(
+        np.dot(clip, clean) / np.dot(clean, clean))  # peak-limited: the clip was rescaled
+    noise = clip / scale - clean
+    measured = 10 * np.log10(np.mean(x.astype(np.float64) ** 2) / np.mean(noise ** 2))
+    assert abs(measured - snr_db) < 0.5, (measured, snr_db)
+
+
+@needs_espeak
+def test_pretraining_on_strings_probes_on_the_labelled_words(data_dir):
+    """``data.eval_name``: the loader crops unlabelled string windows, the evaluation reads the
+    labelled words; without it a string dataset is refused for the probes in one line."""
+    config = load_experiment(EXPERIMENT).get_config("tiny")
+    config.data.update({"data_dir": str(data_dir), "name": f"{sd.NAME}/strings_tiny",
+                        "eval_name": f"{sd.NAME}/tiny"})
+    config.train.batch_size = 4
+    batch = next(iter(train_loader(config)))
+    assert set(batch) == {"audio"} and batch["audio"].shape == (4, config.data.crop)
+    x, y = eval_arrays(config.data, "test")
+    words = tfds.data_source(f"{sd.NAME}/tiny", split="test", data_dir=data_dir)
+    np.testing.assert_array_equal(y, [words[i]["label"] for i in range(len(words))])
+    np.testing.assert_array_equal(x[3], window(words[3]["audio"], config.data.crop))
+    config.data.eval_name = None
+    with pytest.raises(ValueError, match=r"label_feature='label' is not a feature of "
+                                         r"'spoken_digits_local/strings_tiny'.*eval_name"):
+        eval_arrays(config.data, "test")
 
 
 def test_window_centre_crop_and_padding():

@@ -5,6 +5,9 @@
     config.data.modality       "speech" (``jssl.data.inputs.train_loader`` dispatches here)
     config.data.audio_feature  the waveform feature ("audio"; "speech" for librispeech)
     config.data.label_feature  the class feature of the probes ("label"), or None
+    config.data.eval_name      the dataset the evaluation reads, when it is not ``name`` (e.g.
+                               pretrain on "spoken_digits_local/strings", unlabelled continuous
+                               speech, and probe on the labelled words of ".../default")
     config.data.crop           samples per training example: a random window of a longer
                                waveform (the record's seeded generator), zero-padded if shorter
     config.data.sample_rate    16000 (checked against nothing: TFDS audio carries no rate here)
@@ -27,9 +30,10 @@ def _is_spoken_digits(name: str) -> bool:
     return name.split("/")[0].split(":")[0] == spoken_digits.NAME
 
 
-def open_split(data: Any, split: str):
-    """The TFDS source of ``split``; the offline spoken digits are synthesised on first use."""
-    name = data.name
+def open_split(data: Any, split: str, name: str | None = None):
+    """The TFDS source of ``split`` of ``name`` (default ``data.name``); the offline spoken
+    digits are synthesised on first use."""
+    name = name or data.name
     if _is_spoken_digits(name):
         parts = name.split(":")[0].split("/")
         spoken_digits.prepare_spoken_digits(data.get("data_dir"),
@@ -78,7 +82,9 @@ def train_loader(config: Any, *, process_index: int | None = None,
     """Endless, seeded, checkpointable loader of this process's rows of waveform batches."""
     feature, crop = _check(config.data)
     source = open_split(config.data, config.data.train_split)
-    transform = CropAudio(feature, crop, config.data.get("label_feature"))
+    # With a separate evaluation dataset the training records need not carry the label.
+    label = None if config.data.get("eval_name") else config.data.get("label_feature")
+    transform = CropAudio(feature, crop, label)
     return make_loader(source, global_batch_size=config.train.batch_size, seed=config.seed,
                        shuffle=True, num_epochs=None, process_index=process_index,
                        process_count=process_count, transforms=(transform,),
@@ -86,13 +92,15 @@ def train_loader(config: Any, *, process_index: int | None = None,
 
 
 def eval_arrays(data: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(int16 waveforms [N, crop] (centre windows), int32 labels [N]) of a whole split."""
+    """(int16 waveforms [N, crop] (centre windows), int32 labels [N]) of a whole split of the
+    evaluation dataset (``data.eval_name`` if set, else ``data.name``)."""
     feature, crop = _check(data)
     label = data.get("label_feature")
+    name = data.get("eval_name") or data.name
     if not label:
-        raise ValueError(f"config.data.label_feature is unset for {data.name!r}: the probes "
+        raise ValueError(f"config.data.label_feature is unset for {name!r}: the probes "
                          f"need a class feature (e.g. 'label')")
-    source = open_split(data, split)
+    source = open_split(data, split, name)
     n = len(source)
     audio = np.empty((n, crop), np.int16)
     labels = np.empty((n,), np.int32)
@@ -101,6 +109,10 @@ def eval_arrays(data: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
         records = (source.__getitems__(idx) if hasattr(source, "__getitems__")
                    else [source[i] for i in idx])
         for i, rec in zip(idx, records, strict=True):
+            if label not in rec:
+                raise ValueError(f"config.data.label_feature={label!r} is not a feature of "
+                                 f"{name!r} (it has {sorted(rec)}); set config.data.eval_name "
+                                 f"to a labelled dataset, e.g. 'spoken_digits_local/default'")
             audio[i] = window(rec[feature], crop)
             labels[i] = rec[label]
     return audio, labels
