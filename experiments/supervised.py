@@ -16,6 +16,16 @@ fashion_mnist  From scratch, SGD (momentum 0.9, lr 0.1 × B/256, wd 5e-4, cosine
                python -m jssl.main --config=experiments/supervised.py:fashion_mnist \
                    --config.data.label_fraction=0.01 --workdir=runs/scratch_1pct
                2-core CPU; wall time and accuracy: docs/RESULTS.md (measured, with commands).
+finetune_1pct, finetune_10pct
+               Fine-tuning an SSL run with SimCLR's semi-supervised recipe (Chen et al. 2020,
+               App. B.5), fixed before any run here: Nesterov SGD (momentum 0.9), lr 0.05 ×
+               B/256, no warm-up, cosine, no weight decay and no label smoothing ("we do not
+               use any regularization"), crop + flip only; 60 epochs of the 1 % subset (141
+               steps) or 30 epochs of the 10 % subset (703 steps). Needs --config.init_from.
+               python -m jssl.main --config=experiments/supervised.py:finetune_1pct \
+                   --config.model.encoder.preset=tiny_wide \
+                   --config.init_from=runs/simclr_fashion_mnist_long \
+                   --workdir=runs/finetune_recipe_1pct_simclr_long
 imagenet_r50   Supervised ResNet-50 on ImageNet-1k (Goyal et al. 2017 recipe: batch 4096, SGD
                lr 0.1 × B/256 = 1.6, 5 warm-up epochs, 90 epochs, wd 1e-4 off BN/bias, label
                smoothing 0.1); 76 % top-1 expected (not measured here).
@@ -26,7 +36,9 @@ import ml_collections
 
 from jssl import configs
 
-PRESETS = ("tiny", "fashion_mnist", "imagenet_r50")
+PRESETS = ("tiny", "fashion_mnist", "finetune_1pct", "finetune_10pct", "imagenet_r50")
+#: SimCLR App. B.5: epochs of fine-tuning on the labelled subset
+FINETUNE_EPOCHS = {"finetune_1pct": (0.01, 60), "finetune_10pct": (0.1, 30)}
 
 
 def base() -> ml_collections.ConfigDict:
@@ -48,6 +60,14 @@ def get_config(arg: str = "fashion_mnist") -> ml_collections.ConfigDict:
         c.optim.warmup_steps = 1
     elif arg == "fashion_mnist":
         pass
+    elif arg in FINETUNE_EPOCHS:
+        fraction, epochs = FINETUNE_EPOCHS[arg]
+        c.data.label_fraction = fraction
+        c.init_required = True
+        c.loss.label_smoothing = 0.0
+        c.optim = configs.momentum_optim("sgd", 0.05, 0.0, warmup_steps=0, nesterov=True)
+        c.train.steps = round(epochs * fraction * configs.FASHION_MNIST_TRAIN
+                              / c.train.batch_size)
     elif arg == "imagenet_r50":
         configs.use_imagenet(c)
         c.augment = ml_collections.ConfigDict(

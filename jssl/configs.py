@@ -9,6 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 IMAGENET_TRAIN = 1_281_167  # images in ImageNet-1k's train split
+FASHION_MNIST_TRAIN = 60_000  # images in Fashion-MNIST's train split
 
 
 def base(method: str) -> ml_collections.ConfigDict:

@@ -82,6 +82,24 @@ def test_finetuning_refuses_a_different_encoder(tmp_path, ssl_run):
         train(config, tmp_path / "ft2")
 
 
+def test_finetune_presets_follow_simclr_and_need_an_ssl_run(tmp_path):
+    """SimCLR App. B.5: 60 epochs of the 1 % subset, 30 of the 10 %, Nesterov lr 0.05 × B/256,
+    no regularisation; a fine-tuning preset without ``init_from`` is refused before compiling."""
+    from test_engine import load_experiment
+
+    exp = load_experiment(ROOT / "experiments" / "supervised.py")
+    for preset, fraction, epochs in (("finetune_1pct", 0.01, 60), ("finetune_10pct", 0.1, 30)):
+        c = exp.get_config(preset)
+        assert c.data.label_fraction == fraction
+        assert abs(c.train.steps * c.train.batch_size / (fraction * 60_000) - epochs) < 0.5
+        assert (c.optim.nesterov, c.optim.base_lr, c.optim.weight_decay,
+                c.optim.warmup_steps, c.loss.label_smoothing) == (True, 0.05, 0.0, 0, 0.0)
+    c.data.data_dir = str(tmp_path / "tfds")
+    with pytest.raises(ValueError, match=r"config.init_from=None: the 'supervised_finetune_"
+                                         r"10pct' preset fine-tunes an SSL run"):
+        train(c, tmp_path / "ft")
+
+
 def test_eval_mode_reproduces_the_trained_runs_numbers_and_needs_a_checkpoint(tmp_path):
     config = tiny_config(tmp_path, "supervised", **{"data.label_fraction": 0.5})
     first = run(config, tmp_path / "w")

@@ -55,6 +55,9 @@ def validate(config: Any, mesh) -> None:
             f"devices and keep grad_accum_steps=1")
     if not config.train.steps > 0:
         raise ValueError(f"config.train.steps={config.train.steps} must be > 0")
+    if config.get("init_required") and not config.get("init_from"):
+        raise ValueError(f"config.init_from={config.get('init_from')!r}: the {config.name!r} "
+                         f"preset fine-tunes an SSL run; pass --config.init_from=RUN_WORKDIR")
 
 
 def train(config: Any, workdir: str | os.PathLike, *,
