@@ -88,6 +88,39 @@ def test_loader_process_shards_disjoint_and_cover(n):
         np.testing.assert_array_equal(union, np.arange(64))
 
 
+@pytest.mark.parametrize("n, index, count, epochs, drop", [
+    (64, 0, 1, 3, True), (67, 1, 2, 2, True), (67, 0, 1, 1, False), (64, 1, 2, None, True)])
+def test_whole_batch_reads_equal_grains_record_reads(n, index, count, epochs, drop):
+    """An in-memory source is read one gather per batch; batches, their order across epochs
+    and processes, a final partial batch and iterator states equal grain's record reads."""
+    from jssl.data.subset import SubsetSource
+
+    subset = SubsetSource(_source(n + 9), np.arange(3, n + 3), name="s")
+    for source in (_source(n), subset):
+        kw = dict(global_batch_size=8, seed=2, num_epochs=epochs, process_index=index,
+                  process_count=count, drop_remainder=drop, transforms=(DecodeImage("uint8"),))
+        fast, slow = make_loader(source, **kw), make_loader(source, vectorize=False, **kw)
+        assert fast.vectorized and not slow.vectorized
+        k = 40 if epochs is None else None  # the endless stream: 40 batches, 5 epochs
+        a = list(fast) if k is None else [next(i) for i in [iter(fast)] for _ in range(k)]
+        b = list(slow) if k is None else [next(i) for i in [iter(slow)] for _ in range(k)]
+        assert len(a) == len(b) > 0
+        for x, y in zip(a, b, strict=True):
+            assert x["image"].dtype == y["image"].dtype == np.uint8
+            np.testing.assert_array_equal(x["image"], y["image"])
+            np.testing.assert_array_equal(x["label"], y["label"])
+            assert x["label"].dtype == y["label"].dtype == np.int32
+        it = iter(fast)
+        for _ in range(3):
+            next(it)
+        resumed = restore_iterator(make_loader(source, vectorize=False, **kw),
+                                   iterator_state(it))
+        np.testing.assert_array_equal(next(resumed)["image"], next(it)["image"])
+    crops = make_loader(_source(), global_batch_size=8, seed=0, process_count=1,
+                        transforms=(RandomResizedCrop(size=4, num_views=2),))
+    assert not crops.vectorized  # a per-record random transform goes through grain
+
+
 def test_loader_rejects_indivisible_batch():
     with pytest.raises(ValueError, match="multiple of process_count=3"):
         make_loader(_source(), global_batch_size=8, seed=0, process_index=0, process_count=3)

@@ -56,6 +56,20 @@ class DecodeImage(grain.MapTransform):
         image = _convert(decode_image(record["image"]), self.dtype)
         return {"image": image, "label": np.int32(record["label"])}
 
+    def map_batch(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        """``map`` of every record of a stacked batch, stacked (what grain's Batch makes)."""
+        images = np.asarray(batch["image"])
+        if images.dtype == object:  # encoded bytes
+            images = np.stack([decode_image(x) for x in images])
+        elif images.dtype != np.uint8:
+            raise ValueError(f"expected uint8 images, got {images.dtype}")
+        elif images.ndim == 3:
+            images = images[..., None]
+        if images.ndim != 4:
+            raise ValueError(f"expected a batch of (H, W[, C]) images, got shape {images.shape}")
+        return {"image": _convert(images, self.dtype),
+                "label": np.asarray(batch["label"]).astype(np.int32)}
+
 
 def sample_crop_box(
     height: int,

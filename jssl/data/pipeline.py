@@ -65,6 +65,10 @@ class ArraySource:
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         return {k: v[index] for k, v in self._arrays.items()}
 
+    def gather(self, keys: np.ndarray) -> dict[str, np.ndarray]:
+        """Records ``keys`` stacked: ``{key: arr[keys]}`` (one read for a whole batch)."""
+        return {k: v[keys] for k, v in self._arrays.items()}
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}:{v.dtype}{list(v.shape)}" for k, v in self._arrays.items())
         return f"ArraySource(name={self._name!r}, {fields})"
@@ -135,6 +139,7 @@ def make_loader(
     drop_remainder: bool = True,
     worker_count: int = 0,
     worker_buffer_size: int = 1,
+    vectorize: bool = True,
 ) -> GlobalOrderLoader:
     """A deterministic, checkpointable loader of this process's rows of global batches.
 
@@ -155,6 +160,8 @@ def make_loader(
         worker drops its own remainder). Outside ``absl.app.run`` this marks absl flags as
         parsed (grain's workers read them).
       worker_buffer_size: batches each worker prepares ahead.
+      vectorize: read a batch in one gather when the source and transforms allow it
+        (``jssl.data.sampler``: the same batches; ``False`` forces grain's record reads).
 
     Raises:
       ValueError: ``global_batch_size`` does not divide by ``process_count``, or the stream is
@@ -180,7 +187,7 @@ def make_loader(
         worker_count=worker_count, drop_remainder=drop_remainder)
     batch = grain.Batch(batch_size=global_batch_size // count, drop_remainder=drop_remainder)
     return GlobalOrderLoader(source, sampler, [*transforms, batch], worker_count=worker_count,
-                             worker_buffer_size=worker_buffer_size)
+                             worker_buffer_size=worker_buffer_size, vectorize=vectorize)
 
 
 def iterator_state(iterator: GlobalOrderIterator) -> bytes:

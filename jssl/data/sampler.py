@@ -22,6 +22,14 @@ Batch ``s`` of every process is therefore its slice of global batch ``s``, the s
 the same order (and the same per-record random transforms) whatever ``P``, and no process reads
 another's rows.
 
+**Whole-batch reads.** With no grain workers, a source that can ``gather(keys)`` a batch of
+records at once (``ArraySource``, ``SubsetSource`` of one: in-memory data) and transforms
+that all have a ``map_batch`` (``DecodeImage``), the iterator reads each batch as one gather
+of the keys ``sampler[i]`` names instead of grain's record-by-record reads: the same records
+in the same order (tested equal), ~50× less host time per batch of 256 Fashion-MNIST images.
+Anything else (random per-record transforms, TFDS array_record sources, workers) goes
+through grain.
+
 **Iterator state** (``GlobalOrderIterator.get_state``) is the number of global batches served
 plus what identifies the stream (sampler, source, batch size, workers); it has no process index
 or count in it, so a checkpoint written by ``P`` processes restores into ``P'``: each process
@@ -35,6 +43,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grain.python as grain
+import numpy as np
 
 __all__ = ["GlobalOrderIterator", "GlobalOrderLoader", "GlobalOrderSampler"]
 
@@ -84,6 +93,14 @@ class GlobalOrderSampler:
     def __len__(self) -> int:
         return self._len
 
+    def record_key(self, index: int) -> int:
+        """``self[index].record_key`` without the per-record generator ``self[index]`` also
+        builds (~3/4 of its cost); grain's private key map if it has one, else ``self[index]``."""
+        keys = getattr(self.stream, "_record_keys", None)
+        if keys is None or not 0 <= index < self._len:
+            return self[index].record_key
+        return int(keys[self.global_position(index)])
+
     def __getitem__(self, index: int):
         if not 0 <= index < self._len:
             raise IndexError(f"local position {index} is outside [0, {self._len})")
@@ -104,9 +121,14 @@ class GlobalOrderLoader:
     ``GlobalOrderIterator`` (checkpointable across process counts)."""
 
     def __init__(self, source: Sequence[Any], sampler: GlobalOrderSampler,
-                 operations: Sequence[Any], worker_count: int = 0, worker_buffer_size: int = 1):
+                 operations: Sequence[Any], worker_count: int = 0, worker_buffer_size: int = 1,
+                 vectorize: bool = True):
         self.source, self.sampler = source, sampler
         self.worker_count = int(worker_count)
+        *self.transforms, batch = operations
+        self.vectorized = (vectorize and self.worker_count == 0 and hasattr(source, "gather")
+                           and isinstance(batch, grain.Batch)
+                           and all(hasattr(t, "map_batch") for t in self.transforms))
         self.grain_loader = grain.DataLoader(
             data_source=source, sampler=sampler, operations=list(operations),
             worker_count=worker_count, worker_buffer_size=worker_buffer_size,
@@ -114,6 +136,20 @@ class GlobalOrderLoader:
 
     def __iter__(self) -> GlobalOrderIterator:
         return GlobalOrderIterator(self)
+
+    def read_batch(self, n: int) -> Any:
+        """Local batch ``n`` in one gather (``vectorized`` loaders): the records grain's
+        ``DataLoader`` would read for it, in the same order, transformed by ``map_batch``."""
+        size = self.sampler.local_batch_size
+        start, stop = n * size, min((n + 1) * size, len(self.sampler))
+        if stop <= start:
+            raise StopIteration
+        keys = np.fromiter((self.sampler.record_key(i) for i in range(start, stop)), np.int64,
+                           stop - start)
+        batch = self.source.gather(keys)
+        for transform in self.transforms:
+            batch = transform.map_batch(batch)
+        return batch
 
     def grain_state(self, template: dict, batches: int) -> dict:
         """grain's ``DataLoader`` state of this process after ``batches`` local batches."""
@@ -140,7 +176,10 @@ class GlobalOrderIterator:
         return self
 
     def __next__(self) -> Any:
-        batch = next(self._iterator)
+        if self._loader.vectorized:
+            batch = self._loader.read_batch(self.batches)
+        else:
+            batch = next(self._iterator)
         self.batches += 1
         return batch
 
