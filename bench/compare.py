@@ -18,6 +18,10 @@ optimizer), then
   pool with 2 threads can be several times slower than with 1); the ratio is
   median(jssl) / the fastest PyTorch median (< 1: jssl faster).
   PyTorch has no counterpart of the on-device ``prepare``, so it is not part of the ratio.
+* model size: jssl's trainable parameters (the leaves of ``state.params``) next to the
+  peer's (``step.num_params``), recorded as ``params`` with ``params_match``; a mismatch is
+  printed as a loud warning (the timing then compares different models); and the loss of
+  each one's first update (step 0, same inputs), ``loss_step0``, as a sanity check.
 
 ``os.getloadavg()`` is recorded with every timed repetition: the machine may be shared.
 Writes ``bench/results.json`` (``python bench/render.py`` turns it into the table in
@@ -106,16 +110,18 @@ def _jssl_update(config, repeats: int) -> dict:
 
     def run():
         holder["state"], metrics = update(holder["state"], inputs)
-        jax.block_until_ready(metrics)
+        return jax.block_until_ready(metrics)
 
-    return {"run": run, "inputs": inputs, "compile_s": round(compile_s, 2),
+    num_params = sum(int(np.size(x)) for x in jax.tree.leaves(state.params))
+    return {"run": run, "inputs": inputs, "num_params": num_params,
+            "compile_s": round(compile_s, 2),
             "input_examples_per_s": round(batch_size / data_s, 1),
             "prepare_median_s": round(prepare_s, 4)}
 
 
-def _with_threads(torch, n: int, step) -> None:
+def _with_threads(torch, n: int, step):
     torch.set_num_threads(n)
-    step()
+    return step()
 
 
 def bench_preset(spec: str, repeats: int, conv_impls: list[str], torch_threads: list[int],
@@ -134,20 +140,21 @@ def bench_preset(spec: str, repeats: int, conv_impls: list[str], torch_threads: 
     first = next(iter(variants.values()))
 
     runners = {f"jssl_{k}": v["run"] for k, v in variants.items()}
-    note = ""
+    note, torch_params = "", None
     try:
         peer = importlib.import_module(f"bench.peers.{config.method}")
         inputs = first["inputs"]
         peer_inputs = peer.torch_inputs(inputs, torch) if hasattr(peer, "torch_inputs") else (
             torch.from_numpy(np.array(inputs["views"])).permute(0, 3, 1, 2).contiguous())
         peer_step = peer.make_step(config, peer_inputs)
+        torch_params = getattr(peer_step, "num_params", None)
         for n in torch_threads:
             runners[f"torch_{n}t"] = functools.partial(_with_threads, torch, n, peer_step)
     except ModuleNotFoundError as e:
         note = f"no PyTorch peer ({e})"
-    for _ in range(2):  # warm-up
-        for run in runners.values():
-            run()
+    step0 = {k: run() for k, run in runners.items()}  # first warm-up: the step-0 losses
+    for run in runners.values():  # second warm-up
+        run()
     times: dict[str, list[float]] = {k: [] for k in runners}
     loads = []
     for _ in range(repeats):
@@ -157,7 +164,13 @@ def bench_preset(spec: str, repeats: int, conv_impls: list[str], torch_threads: 
     medians = {k: round(statistics.median(t), 4) for k, t in times.items()}
     out = {"preset": spec, "method": config.method, "batch": batch_size,
            "repeats": repeats, "note": note, "load_avg_1m": loads, "times_s": times,
-           "update_median_s": medians, "jssl": {}}
+           "update_median_s": medians, "jssl": {},
+           "params": {"jssl": first["num_params"], "torch": torch_params}, "loss_step0": {}}
+    for k, v in step0.items():  # the first runner of each kind made step 0 on its fresh state
+        out["loss_step0"].setdefault(k.split("_")[0], round(float(
+            v["loss"] if isinstance(v, dict) else v), 4))
+    if torch_params is not None:
+        out["params_match"] = torch_params == first["num_params"]
     torch_best = min((v for k, v in medians.items() if k.startswith("torch")), default=None)
     out["torch_best_median_s"] = torch_best
     for k, v in variants.items():
@@ -205,6 +218,14 @@ def main() -> None:
         for k, t in r["update_median_s"].items():
             if k.startswith("torch"):
                 print(f"{spec:24s} {k:7s} update {t * 1e3:.0f} ms", flush=True)
+        n_j, n_t = r["params"]["jssl"], r["params"]["torch"]
+        print(f"{spec:24s} params jssl {n_j:,} / torch {n_t if n_t is None else f'{n_t:,}'}; "
+              f"step-0 loss " + " / ".join(f"{k} {v:.4f}" for k, v in r["loss_step0"].items()),
+              flush=True)
+        if r.get("params_match") is False:
+            print(f"{'!' * 78}\n{spec:24s} WARNING: PARAMETER COUNTS DIFFER: jssl {n_j:,} vs "
+                  f"torch {n_t:,} (ratio jssl/torch {n_j / n_t:.4f}); the peer is not the same "
+                  f"model, its timing is not comparable\n{'!' * 78}", flush=True)
         print(f"{spec:24s} median load {statistics.median(r['load_avg_1m']):.1f}", flush=True)
         results.append(r)
     report = {

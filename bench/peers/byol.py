@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.peers.common import LARS, mlp, resnet_from_config
+from bench.peers.common import LARS, mlp, num_params, resnet_from_config
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -49,4 +49,5 @@ def make_step(config: Any, views: torch.Tensor) -> Callable[[], float]:
             torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), 1 - tau)
         return loss.detach()
 
+    step.num_params = num_params(params)  # the target gets no gradient: not counted
     return step

@@ -1,7 +1,7 @@
-"""Shared PyTorch pieces of the peers: the tiny CIFAR-stem ResNet, the MLP heads, LARS.
+"""Shared PyTorch pieces of the peers: the tiny CIFAR-stem ResNet, the MLP heads, LARS, AdamW.
 
-All mirror jssl's modules (``jssl.models.resnet``, ``jssl.models.heads``,
-``optax.lars`` as configured by ``jssl.train.optim``) layer for layer, so the FLOPs and
+All mirror jssl's modules (``jssl.models.resnet``, ``jssl.models.heads``, ``optax.lars`` /
+``optax.adamw`` as configured by ``jssl.train.optim``) layer for layer, so the FLOPs and
 parameter counts match; initial values do not matter for timing and are torch's own.
 """
 from __future__ import annotations
@@ -106,3 +106,22 @@ class LARS(torch.optim.Optimizer):
                     buf = self.state[p]["m"] = torch.zeros_like(p)
                 buf.mul_(group["momentum"]).add_(g, alpha=group["lr"])
                 p.sub_(buf)
+
+
+def adamw(params: list[nn.Parameter], o: Any, batch: int) -> torch.optim.AdamW:
+    """``optax.adamw`` as jssl configures it: the peak lr of ``o.lr_scaling``, ``b1``, ``b2``,
+    ``eps``, decoupled weight decay on the params with ndim > 1 only."""
+    from jssl.train.optim import peak_learning_rate
+
+    lr = peak_learning_rate(float(o.base_lr), batch, o.get("lr_scaling", "linear"))
+    return torch.optim.AdamW([{"params": [q for q in params if q.ndim > 1],
+                               "weight_decay": o.get("weight_decay", 0.0)},
+                              {"params": [q for q in params if q.ndim <= 1],
+                               "weight_decay": 0.0}],
+                             lr=lr, betas=(o.get("b1", 0.9), o.get("b2", 0.999)),
+                             eps=o.get("eps", 1e-8))
+
+
+def num_params(params: list[nn.Parameter]) -> int:
+    """Trainable parameter count (what ``bench/compare.py`` checks against jssl's)."""
+    return sum(q.numel() for q in params if q.requires_grad)

@@ -1,6 +1,7 @@
 """PyTorch peer of jssl's MAE update: ViT encoder on the visible patches (+ cls, fixed 2-D
 sin-cos positions), a narrow decoder over all patches (mask tokens un-shuffled by
-``ids_restore``), the norm-pix MSE on masked patches, AdamW (decay on ndim > 1 params).
+``ids_restore``), the norm-pix MSE on masked patches, AdamW (decay on ndim > 1 params and on
+the q/k/v biases, [H, d_h] in flax).
 Pre-norm blocks: LayerNorm(1e-6) → MHSA, LayerNorm → exact-GELU MLP (ratio 4)."""
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.peers.common import num_params
 from jssl.models.vit import sincos_2d_pos_embed
 
 
@@ -71,8 +73,11 @@ def make_step(config: Any, inputs: dict) -> Callable[[], torch.Tensor]:
     model = MAE(x.shape[1], x.shape[2], e.patch_size, e.dim, e.depth, e.num_heads, d.dim,
                 d.depth, d.num_heads)
     o = config.optim
-    decay = [q for q in model.parameters() if q.ndim > 1]
-    rest = [q for q in model.parameters() if q.ndim <= 1]
+    # jssl decays ndim > 1 params, which includes flax's q/k/v biases [H, d_h] (torch: 1-d).
+    decay_names = {n for n, q in model.named_parameters()
+                   if q.ndim > 1 or n.endswith("in_proj_bias")}
+    decay = [q for n, q in model.named_parameters() if n in decay_names]
+    rest = [q for n, q in model.named_parameters() if n not in decay_names]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                              {"params": rest, "weight_decay": 0.0}],
                             lr=o.base_lr * x.shape[0] / 256, betas=(o.b1, o.b2), eps=1e-8)
@@ -92,4 +97,5 @@ def make_step(config: Any, inputs: dict) -> Callable[[], torch.Tensor]:
         opt.step()
         return loss.detach()
 
+    step.num_params = num_params(list(model.parameters()))
     return step

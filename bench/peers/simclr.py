@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.peers.common import LARS, mlp, resnet_from_config
+from bench.peers.common import LARS, mlp, num_params, resnet_from_config
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -40,4 +40,5 @@ def make_step(config: Any, views: torch.Tensor) -> Callable[[], float]:
         opt.step()
         return loss.detach()
 
+    step.num_params = num_params(list(net.parameters()))
     return step
