@@ -79,17 +79,18 @@ def results(r: dict) -> str:
         f"repetitions (shared machine: read the ratios, taken side by side). Update = "
         f"forward + backward + optimizer on the same prepared inputs, median of "
         f"{r['results'][0].get('repeats', '?')} alternated repetitions; step = prepare "
-        f"(on-device views/masks) + update.",
+        f"(on-device views/masks) + update; params = trainable parameters of each model.",
         "",
         "| preset | batch | jssl conv | update | PyTorch update (threads) | jssl / best PyTorch "
         "| step ex/s "
-        "| prepare | compile | input pipeline ex/s |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| prepare | compile | input pipeline ex/s | params jssl / torch |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in r["results"]:
         if "skipped" in p:
-            rows.append(f"| {p['preset']} | | skipped: {p['skipped'][:80]} | | | | | | | |")
+            rows.append(f"| {p['preset']} | | skipped: {p['skipped'][:80]} | | | | | | | | |")
             continue
+        params = _params(p)
         torch_s = {k[6:]: v for k, v in p["update_median_s"].items() if k.startswith("torch")}
         peer = (", ".join(f"{v * 1e3:.0f} ms ({k})" for k, v in torch_s.items()) if torch_s
                 else (p["note"] or "-"))
@@ -99,8 +100,18 @@ def results(r: dict) -> str:
                 f"| {p['preset']} | {p['batch']} | {impl} | {j['update_median_s'] * 1e3:.0f} ms "
                 f"| {peer} | {ratio} | {j['step_examples_per_s']:,.0f} | "
                 f"{j['prepare_median_s'] * 1e3:.0f} ms | {j['compile_s']:.1f} s | "
-                f"{j['input_examples_per_s']:,.0f} |")
+                f"{j['input_examples_per_s']:,.0f} | {params} |")
     return "\n".join(rows)
+
+
+def _params(p: dict) -> str:
+    """"jssl / torch" parameter counts of a compare.py result, flagged where they differ."""
+    n = p.get("params")
+    if not n:
+        return "-"
+    torch_n = "-" if n.get("torch") is None else f"{n['torch']:,}"
+    text = f"{n['jssl']:,} / {torch_n}"
+    return f"**{text} (differ)**" if p.get("params_match") is False else text
 
 
 def conv_layers(r: dict) -> str:
@@ -166,9 +177,28 @@ def steps_gpu(r: dict) -> str:
     return "\n".join(rows)
 
 
+def loader(r: dict) -> str:
+    """bench/loader.py: host time per training batch, whole-batch gathers vs grain's reads."""
+    loads = [x for res in r["results"] for x in res["load_avg_1m"]]
+    rows = [f"Measured by `{r['command']}` on {r['cpu']}, {r['nproc']} cores, jax {r['jax']}, "
+            f"{r['date_utc'][:16].replace('T', ' ')} UTC; {r['dataset']}; 1-minute load "
+            f"average {min(loads):.1f}-{max(loads):.1f} (shared machine: read the ratio, "
+            f"taken side by side). Median of {r['results'][0]['repeats']} alternated "
+            f"`next()` calls; the batches were checked equal.", "",
+            "| batch | one gather per batch | grain, record by record | speed-up |",
+            "|---:|---:|---:|---:|"]
+    for x in r["results"]:
+        m, e = x["median_s"], x["examples_per_s"]
+        rows.append(f"| {x['batch']} | {m['gather'] * 1e3:.1f} ms ({e['gather']:,.0f} ex/s) "
+                    f"| {m['grain'] * 1e3:.1f} ms ({e['grain']:,.0f} ex/s) "
+                    f"| {x['speedup']}× |")
+    return "\n".join(rows)
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {"ring_loss": ring_loss, "augment": augment,
                                                "results": results, "conv_layers": conv_layers,
-                                               "gpu_mfu": gpu_mfu, "steps_gpu": steps_gpu}
+                                               "gpu_mfu": gpu_mfu, "steps_gpu": steps_gpu,
+                                               "loader": loader}
 
 
 def render(doc: Path) -> bool:
