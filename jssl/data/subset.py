@@ -27,11 +27,12 @@ class SubsetSource:
     def __getitem__(self, index: int) -> Any:
         return self._source[int(self._indices[index])]
 
-    def __getattr__(self, name: str) -> Any:
-        # ``gather`` only where the wrapped source has one (the loader checks hasattr).
-        if name == "gather" and hasattr(self._source, "gather"):
-            return lambda keys: self._source.gather(self._indices[np.asarray(keys)])
-        raise AttributeError(name)
+    @property
+    def gather(self) -> Any:
+        """``gather(keys)`` of the wrapped source at ``indices[keys]``; absent (AttributeError,
+        so ``hasattr`` is False) where the wrapped source has none."""
+        inner = self._source.gather
+        return lambda keys: inner(self._indices[np.asarray(keys)])
 
     def __repr__(self) -> str:  # stable across processes and runs (grain checks it on restore)
         return f"SubsetSource({self._name}, {len(self)} of {self._source!r})"
