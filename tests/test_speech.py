@@ -236,11 +236,15 @@ def test_wav2vec2_loss_is_its_three_terms():
 
 @needs_espeak
 def test_wav2vec2_tiny_trains_and_evaluates_end_to_end(tmp_path, data_dir):
+    """Pretrains on the unlabelled digit strings (``eval_name``: probes on the words); epochs
+    count the 4 training strings, not the 20 labelled words."""
     config = load_experiment(EXPERIMENT).get_config("tiny")
-    config.data.data_dir = str(data_dir)
+    config.data.update({"data_dir": str(data_dir), "name": f"{sd.NAME}/strings_tiny",
+                        "eval_name": f"{sd.NAME}/tiny"})
     summary = run(config, tmp_path / "w2v")
     saved = json.loads((tmp_path / "w2v" / "results.json").read_text())
-    assert saved["method"] == "wav2vec2" and saved["train_examples"] == 20
+    assert saved["method"] == "wav2vec2" and saved["train_examples"] == 4
+    assert saved["epochs"] == 4 * 8 / 4
     protocols = {r["protocol"]: r for r in saved["results"]}
     ppl = protocols["held-out codebook perplexity (of 16)"]["value"]
     assert 1.0 <= ppl <= 16.0

@@ -37,7 +37,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jssl import losses
-from jssl.data.speech import eval_arrays
+from jssl.data.speech import eval_arrays, open_split
 from jssl.evaluate.features import extract_features
 from jssl.evaluate.linear import linear_probe
 from jssl.evaluate.logmel import logmel_features
@@ -194,4 +194,7 @@ class Wav2Vec2(Method):
                                 "kind": kinds[name],
                                 "label_fraction": float(frac), "accuracy": out["accuracy"],
                                 "weight_decay": out["weight_decay"]})
-        return results, len(train_y)
+        # Epochs count the pretraining data: its own dataset when the probes read another.
+        pretrain = len(open_split(data, data.train_split)) if data.get("eval_name") else len(
+            train_y)
+        return results, pretrain
