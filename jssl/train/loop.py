@@ -55,9 +55,6 @@ def validate(config: Any, mesh) -> None:
             f"devices and keep grad_accum_steps=1")
     if not config.train.steps > 0:
         raise ValueError(f"config.train.steps={config.train.steps} must be > 0")
-    if config.get("init_required") and not config.get("init_from"):
-        raise ValueError(f"config.init_from={config.get('init_from')!r}: the {config.name!r} "
-                         f"preset fine-tunes an SSL run; pass --config.init_from=RUN_WORKDIR")
 
 
 def train(config: Any, workdir: str | os.PathLike, *,
@@ -71,6 +68,9 @@ def train(config: Any, workdir: str | os.PathLike, *,
     mesh = make_mesh(config)
     method = get_method(config.method)(config, mesh)
     validate(config, mesh)
+    if config.get("init_required") and not config.get("init_from"):
+        raise ValueError(f"config.init_from={config.get('init_from')!r}: the {config.name!r} "
+                         f"preset fine-tunes an SSL run; pass --config.init_from=RUN_WORKDIR")
     total = int(config.train.steps)
     tx, schedule, info = make_optimizer(config.optim, global_batch=config.train.batch_size,
                                         total_steps=total)
