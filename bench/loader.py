@@ -16,7 +16,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,17 +27,11 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.baselines import hardware  # noqa: E402
 from jssl import configs  # noqa: E402
 from jssl.data.host_transforms import DecodeImage  # noqa: E402
 from jssl.data.inputs import load_source  # noqa: E402
 from jssl.data.pipeline import make_loader  # noqa: E402
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def bench(batch: int, repeats: int, source) -> dict:
@@ -79,7 +72,7 @@ def main() -> None:
     report = {"command": "python bench/loader.py " + " ".join(
                   f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
               "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-              "cpu": _cpu_name(), "nproc": os.cpu_count(), "jax": jax.__version__,
+              "cpu": hardware()["cpu"], "nproc": os.cpu_count(), "jax": jax.__version__,
               "dataset": f"{data.name}:{data.train_split} (in memory)", "results": results}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -25,14 +25,20 @@ def decode_image(image: Any) -> np.ndarray:
     if isinstance(image, bytes | bytearray):
         with Image.open(io.BytesIO(image)) as im:
             image = np.asarray(im)
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3:
-        raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {image.shape}")
-    return image
+    return _with_channels(np.asarray(image), batched=False)
+
+
+def _with_channels(images: np.ndarray, *, batched: bool) -> np.ndarray:
+    """uint8 ``(H, W, C)`` (``batched``: ``(B, H, W, C)``) images, a missing C axis added."""
+    what = "a batch of (H, W[, C]) images" if batched else "an (H, W) or (H, W, C) image"
+    if images.dtype != np.uint8:
+        raise ValueError(f"expected {what} of uint8, got {images.dtype}")
+    ndim = 4 if batched else 3
+    if images.ndim == ndim - 1:
+        images = images[..., None]
+    if images.ndim != ndim:
+        raise ValueError(f"expected {what}, got shape {images.shape}")
+    return images
 
 
 def _convert(image: np.ndarray, dtype: str) -> np.ndarray:
@@ -61,13 +67,7 @@ class DecodeImage(grain.MapTransform):
         images = np.asarray(batch["image"])
         if images.dtype == object:  # encoded bytes
             images = np.stack([decode_image(x) for x in images])
-        elif images.dtype != np.uint8:
-            raise ValueError(f"expected uint8 images, got {images.dtype}")
-        elif images.ndim == 3:
-            images = images[..., None]
-        if images.ndim != 4:
-            raise ValueError(f"expected a batch of (H, W[, C]) images, got shape {images.shape}")
-        return {"image": _convert(images, self.dtype),
+        return {"image": _convert(_with_channels(images, batched=True), self.dtype),
                 "label": np.asarray(batch["label"]).astype(np.int32)}
 
 
