@@ -9,6 +9,7 @@ _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import jssl  # noqa: E402,F401  (appends jssl's XLA:CPU flag before the backend starts)
 
 # One persistent compilation cache for the whole run: the pytest process makes it, and the
 # xdist workers and the `python -m jssl.main` subprocesses the tests start inherit it, so a

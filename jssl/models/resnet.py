@@ -156,10 +156,12 @@ class ResNet(nn.Module):
       zero_init_residual: zero-init the last norm scale of each block (Goyal et al. 2017).
       return_feature_map: also return the last feature map ``[B, H', W', C]``.
       dtype: computation dtype (params stay float32).
-      conv_impl: ``"fast"`` (``jssl.models.conv.Conv``: ``nn.Conv``'s params and result,
-        a chunked kernel gradient on high-resolution CPU layers; the default: never slower
-        in docs/performance.md's measurements, 20-25 % faster SimCLR steps on a loaded
-        2-core CPU, within noise on an idle one) or ``"xla"`` (``nn.Conv``).
+      conv_impl: ``"xla"`` (``nn.Conv``; the default) or ``"fast"``
+        (``jssl.models.conv.Conv``: ``nn.Conv``'s params and result, a chunked kernel
+        gradient on high-resolution CPU layers). With jssl's XLA:CPU flag
+        (:mod:`jssl.xla_cpu`: convolutions on Eigen) ``"xla"`` was the faster of the two
+        for the SimCLR, BYOL and CLIP CPU updates (docs/performance.md); ``"fast"`` won
+        only on a loaded machine with XLA's default YNNPACK convolutions.
     """
 
     block: str = "basic"
@@ -174,7 +176,7 @@ class ResNet(nn.Module):
     zero_init_residual: bool = False
     return_feature_map: bool = False
     dtype: Dtype = jnp.float32
-    conv_impl: str = "fast"
+    conv_impl: str = "xla"
 
     def _check(self, x: jnp.ndarray) -> None:
         if self.block not in ("basic", "bottleneck"):
