@@ -62,6 +62,7 @@ $(TORCH_VENV)/.installed: bench/requirements.txt
 bench: $(STAMP) data $(TORCH_VENV)/.installed
 	$(BIN)/python bench/compare.py
 	$(BIN)/python bench/conv_layers.py
+	$(BIN)/python bench/xla_cpu_flag.py
 	$(BIN)/python bench/render.py
 
 clean:

@@ -9,6 +9,12 @@ over chunks of 8 images of im2col matmuls) and as one whole-batch im2col matmul.
 ``--repeats`` jitted calls; ``os.getloadavg()`` at the start and end. Writes
 ``bench/conv_layers.json`` (``python bench/render.py`` makes the table in
 docs/performance.md). The chunked result is checked against XLA's before timing.
+
+With PyTorch available (``bench/.venv-torch``, as for ``bench/compare.py``), the same layer in
+``torch.nn.functional.conv2d`` (NCHW, float32) is timed alongside: the forward, and the
+backward of both gradients in one ``torch.autograd.grad`` call, with each of
+``--torch_threads`` intra-op thread counts; the faster count is compared with XLA's
+forward + input gradient + kernel gradient.
 """
 from __future__ import annotations
 
@@ -17,18 +23,51 @@ import datetime
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
-from jax import lax
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jssl.models.conv import _patches, chunked_kernel_grad
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from jax import lax  # noqa: E402
 
+from jssl.models.conv import _patches, chunked_kernel_grad  # noqa: E402
+
+# The tiny ResNet's layers, then tiny_wide's last stage (the quickstart's encoder).
 LAYERS = [(28, 1, 8, 3, 1), (28, 8, 8, 3, 1), (28, 8, 16, 3, 2), (28, 8, 16, 1, 2),
           (14, 16, 16, 3, 1), (14, 16, 32, 3, 2), (7, 32, 32, 3, 1), (7, 32, 64, 3, 2),
-          (4, 64, 64, 3, 1)]
+          (4, 64, 64, 3, 1), (7, 32, 256, 3, 2), (7, 32, 256, 1, 2), (4, 256, 256, 3, 1)]
+
+
+def _torch_times(torch, side, cin, cout, k, s, batch, repeats, threads) -> dict:
+    """Median ms of PyTorch's forward and of its backward (input + kernel gradient)."""
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, cin, side, side, generator=gen, requires_grad=True)
+    w = torch.randn(cout, cin, k, k, generator=gen, requires_grad=True)
+
+    def fwd():
+        with torch.no_grad():
+            return torch.nn.functional.conv2d(x, w, stride=s, padding=(k - 1) // 2)
+
+    dy = torch.randn(fwd().shape, generator=gen)
+
+    def bwd():
+        y = torch.nn.functional.conv2d(x, w, stride=s, padding=(k - 1) // 2)
+        return torch.autograd.grad(y, (x, w), dy)
+
+    out = {}
+    for name, fn in (("fwd", fwd), ("bwd", bwd)):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[f"torch_{name}_ms"] = round(statistics.median(times) * 1e3, 2)
+    return out
 
 
 def _median(fn, *args, repeats: int) -> float:
@@ -70,6 +109,7 @@ def bench_layer(side, cin, cout, k, s, batch, repeats) -> dict:
     out = {"side": side, "cin": cin, "cout": cout, "kernel": k, "stride": s}
     for name, (fn, args) in fns.items():
         out[f"{name}_ms"] = round(_median(fn, *args, repeats=repeats) * 1e3, 2)
+    out["xla_total_ms"] = round(out["fwd_ms"] + out["dx_ms"] + out["dw_xla_ms"], 2)
     return out
 
 
@@ -77,19 +117,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--torch_threads", default="1,2",
+                        help="PyTorch intra-op thread counts to time ('' to skip PyTorch)")
     parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = parser.parse_args()
+    threads = [int(t) for t in args.torch_threads.split(",") if t]
+    torch = None
+    if threads:
+        from bench.compare import import_torch
+
+        try:
+            torch = import_torch()
+        except ImportError:
+            print("PyTorch not found (make bench installs it): XLA columns only")
     load_start = os.getloadavg()[0]
     results = []
     for layer in LAYERS:
         r = bench_layer(*layer, args.batch, args.repeats)
+        if torch is not None:
+            per = {t: _torch_times(torch, *layer, args.batch, args.repeats, t) for t in threads}
+            best = min(per, key=lambda t: per[t]["torch_fwd_ms"] + per[t]["torch_bwd_ms"])
+            r.update(per[best], torch_threads=best,
+                     torch_total_ms=round(per[best]["torch_fwd_ms"] + per[best]["torch_bwd_ms"],
+                                          2))
+            r["xla_over_torch"] = round(r["xla_total_ms"] / r["torch_total_ms"], 2)
         print(r, flush=True)
         results.append(r)
     report = {"command": f"python bench/conv_layers.py --batch {args.batch} --repeats "
-                         f"{args.repeats}",
+                         f"{args.repeats} --torch_threads {args.torch_threads}",
               "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "jax": jax.__version__, "nproc": os.cpu_count(), "batch": args.batch,
               "load_avg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+              "xla_flags": os.environ.get("XLA_FLAGS", ""),
+              "torch": torch.__version__ if torch is not None else None,
               "results": results}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

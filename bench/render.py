@@ -79,7 +79,8 @@ def results(r: dict) -> str:
         f"repetitions (shared machine: read the ratios, taken side by side). Update = "
         f"forward + backward + optimizer on the same prepared inputs, median of "
         f"{r['results'][0].get('repeats', '?')} alternated repetitions; step = prepare "
-        f"(on-device views/masks) + update; params = trainable parameters of each model.",
+        f"(on-device views/masks) + update; params = trainable parameters of each model"
+        + (f"; XLA_FLAGS `{r['xla_flags']}`" if r.get("xla_flags") else "") + ".",
         "",
         "| preset | batch | jssl conv | update | PyTorch update (threads) | jssl / best PyTorch "
         "| step ex/s "
@@ -115,20 +116,34 @@ def _params(p: dict) -> str:
 
 
 def conv_layers(r: dict) -> str:
-    """bench/conv_layers.py: per-convolution forward and gradient times."""
+    """bench/conv_layers.py: per-convolution forward and gradient times (and PyTorch's)."""
+    torch = r.get("torch")
+    flags = r.get("xla_flags")
     rows = [
-        f"Measured by `{r['command']}` on {r['nproc']} cores, jax {r['jax']}, "
+        f"Measured by `{r['command']}` on {r['nproc']} cores, jax {r['jax']}"
+        + (f", torch {torch}" if torch else "") + f", "
         f"{r['date_utc'][:16].replace('T', ' ')} UTC, 1-minute load average "
-        f"{r['load_avg_1m'][0]} → {r['load_avg_1m'][1]}; batch {r['batch']}, median ms.",
+        f"{r['load_avg_1m'][0]} → {r['load_avg_1m'][1]}; batch {r['batch']}, median ms"
+        + (f"; XLA_FLAGS `{flags}`" if flags else "") + ".",
         "",
         "| layer (side, C_in→C_out, k, stride) | forward | dX | dW (XLA) | dW chunked scan "
-        "| dW whole-batch im2col |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| dW whole-batch im2col |" + (" XLA fwd+dX+dW | PyTorch fwd + bwd (threads) "
+                                        "| XLA / PyTorch |" if torch else ""),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if torch else ""),
     ]
     for x in r["results"]:
-        rows.append(f"| {x['side']}, {x['cin']}→{x['cout']}, {x['kernel']}, {x['stride']} | "
-                    f"{x['fwd_ms']:.1f} | {x['dx_ms']:.1f} | {x['dw_xla_ms']:.1f} | "
-                    f"{x['dw_chunked_ms']:.1f} | {x['dw_im2col_ms']:.1f} |")
+        row = (f"| {x['side']}, {x['cin']}→{x['cout']}, {x['kernel']}, {x['stride']} | "
+               f"{x['fwd_ms']:.1f} | {x['dx_ms']:.1f} | {x['dw_xla_ms']:.1f} | "
+               f"{x['dw_chunked_ms']:.1f} | {x['dw_im2col_ms']:.1f} |")
+        if torch:
+            row += (f" {x['xla_total_ms']:.1f} | {x['torch_fwd_ms']:.1f} + "
+                    f"{x['torch_bwd_ms']:.1f} ({x['torch_threads']}t) | "
+                    f"{x['xla_over_torch']:.2f} |")
+        rows.append(row)
+    if torch:
+        xla = sum(x["xla_total_ms"] for x in r["results"])
+        tor = sum(x["torch_total_ms"] for x in r["results"])
+        rows.append(f"| all layers | | | | | | {xla:.1f} | {tor:.1f} | {xla / tor:.2f} |")
     return "\n".join(rows)
 
 
@@ -195,10 +210,31 @@ def loader(r: dict) -> str:
     return "\n".join(rows)
 
 
+def xla_cpu_flag(r: dict) -> str:
+    h = r["hardware"]
+    loads = [x for row in r["results"] for x in row["load"]]
+    rows = [
+        f"Measured by `{r['command']}` on {h['cpu']}, {h['nproc']} cores, jax {r['jax']}, "
+        f"{r['date_utc'][:16].replace('T', ' ')} UTC; 1-minute load average "
+        f"{min(loads)}-{max(loads)}. One fresh process per measurement (XLA reads its flags "
+        f"once per process), flag on and off alternating; update = forward + backward + "
+        f"optimizer, median over rounds of each process's median. On: `{r['flag']}`.",
+        "",
+        "| preset | conv_impl | update, flag on | update, flag off | on / off | processes |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for x in r["results"]:
+        m = x["median_s"]
+        rows.append(f"| {x['preset']} | {x['conv_impl'] or '–'} | {m['on'] * 1e3:.0f} ms "
+                    f"| {m['off'] * 1e3:.0f} ms | {x['ratio_on_off']:.2f} "
+                    f"| {len(x['runs']['on'])} + {len(x['runs']['off'])} |")
+    return "\n".join(rows)
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {"ring_loss": ring_loss, "augment": augment,
                                                "results": results, "conv_layers": conv_layers,
                                                "gpu_mfu": gpu_mfu, "steps_gpu": steps_gpu,
-                                               "loader": loader}
+                                               "loader": loader, "xla_cpu_flag": xla_cpu_flag}
 
 
 def render(doc: Path) -> bool:
