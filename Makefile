@@ -63,6 +63,7 @@ bench: $(STAMP) data $(TORCH_VENV)/.installed
 	$(BIN)/python bench/compare.py
 	$(BIN)/python bench/conv_layers.py
 	$(BIN)/python bench/xla_cpu_flag.py
+	$(BIN)/python bench/gn_convnet.py
 	$(BIN)/python bench/render.py
 
 clean:

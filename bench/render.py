@@ -231,10 +231,37 @@ def xla_cpu_flag(r: dict) -> str:
     return "\n".join(rows)
 
 
+def gn_convnet(r: dict) -> str:
+    """bench/gn_convnet.py: the issue's GroupNorm CNN, with jssl's flag (and, if recorded
+    in bench/gn_convnet_flag_off.json, without it)."""
+    runs = [("on", r)]
+    off = ROOT / "bench" / "gn_convnet_flag_off.json"
+    if off.exists():
+        runs.append(("off (`JSSL_XLA_CPU_FLAGS=0`)", json.loads(off.read_text())))
+    h = r["hardware"]
+    rows = [
+        f"Measured by `{r['command']}` on {h['cpu']}, {h['nproc']} cores, jax "
+        f"{h['jax_version']}, torch {r['torch']}, {r['date_utc'][:16].replace('T', ' ')} UTC; "
+        f"batch {r['batch']} of 28×28×1, {r['params']:,} parameters in both; median of "
+        f"alternated updates (forward + backward + AdamW).",
+        "",
+        "| jssl's XLA:CPU flag | Flax + optax | PyTorch 1 thread | PyTorch 2 threads "
+        "| Flax / best PyTorch | 1-minute load |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for label, x in runs:
+        m = x["median_s"]
+        rows.append(f"| {label} | {m['jax'] * 1e3:.0f} ms | {m['torch_1t'] * 1e3:.0f} ms | "
+                    f"{m['torch_2t'] * 1e3:.0f} ms | {x['ratio']:.2f} | "
+                    f"{min(x['load_avg_1m'])}-{max(x['load_avg_1m'])} |")
+    return "\n".join(rows)
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {"ring_loss": ring_loss, "augment": augment,
                                                "results": results, "conv_layers": conv_layers,
                                                "gpu_mfu": gpu_mfu, "steps_gpu": steps_gpu,
-                                               "loader": loader, "xla_cpu_flag": xla_cpu_flag}
+                                               "loader": loader, "xla_cpu_flag": xla_cpu_flag,
+                                               "gn_convnet": gn_convnet}
 
 
 def render(doc: Path) -> bool:

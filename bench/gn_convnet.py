@@ -1,0 +1,163 @@
+"""Benchmark: the issue's own model, a 6-conv GroupNorm CNN + MLP head, Flax vs PyTorch.
+
+    .venv/bin/python bench/gn_convnet.py
+    JSSL_XLA_CPU_FLAGS=0 .venv/bin/python bench/gn_convnet.py --out /tmp/gn_off.json
+
+Issue #8 opened with this measurement: "6 conv layers 32-64-128 with GroupNorm + MLP head,
+batch 512 of 28×28, AdamW step: PyTorch 2.13 CPU 0.71 s/step, JAX 0.10 / Flax 0.12 2.93
+s/step". Model here (both frameworks, float32, NHWC in Flax / NCHW in PyTorch): 3×3 convs
+with bias of widths 32, 32, 64, 64, 128, 128, the second of each pair with stride 2
+(28 → 14 → 7 → 4), each followed by GroupNorm (8 groups) and ReLU; global average pool;
+Dense 128 → 256, ReLU, Dense 256 → 10; softmax cross-entropy on labels; AdamW (lr 1e-3,
+weight decay 1e-4 on every parameter, as ``torch.optim.AdamW``). Plain ``flax.linen``
+layers and ``optax.adamw``, as a user would write it; jssl is imported first, so jssl's
+XLA:CPU flag applies unless ``JSSL_XLA_CPU_FLAGS=0``. One jssl update and one PyTorch
+update alternate ``--repeats`` times after two warm-ups; PyTorch runs with each of
+``--torch_threads``; the ratio is jssl's median / the faster PyTorch median. Writes
+``bench/gn_convnet.json`` (``python bench/render.py`` makes the table in
+docs/performance.md).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import jssl  # noqa: E402,F401  (its XLA:CPU flag; no JAX computation has run yet)
+
+WIDTHS = (32, 32, 64, 64, 128, 128)
+
+
+class GNConvNet(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, w in enumerate(WIDTHS):
+            s = 2 if i % 2 else 1
+            x = nn.Conv(w, (3, 3), (s, s), padding=((1, 1), (1, 1)))(x)
+            x = nn.relu(nn.GroupNorm(num_groups=8, epsilon=1e-5)(x))
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(10)(nn.relu(nn.Dense(256)(x)))
+
+
+def jax_step(images: np.ndarray, labels: np.ndarray):
+    model, tx = GNConvNet(), optax.adamw(1e-3, weight_decay=1e-4)
+    params = model.init(jax.random.key(0), images[:1])
+    holder = {"state": (params, tx.init(params))}
+    x, y = jnp.asarray(images), jnp.asarray(labels)
+
+    @jax.jit
+    def update(state, x, y):
+        params, opt = state
+
+        def loss_fn(p):
+            logits = model.apply(p, x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt = tx.update(grads, opt, params)
+        return (optax.apply_updates(params, updates), opt), loss
+
+    def step():
+        holder["state"], loss = update(holder["state"], x, y)
+        return jax.block_until_ready(loss)
+
+    step.num_params = sum(int(np.size(p)) for p in jax.tree.leaves(params))
+    return step
+
+
+def torch_step(torch, images: np.ndarray, labels: np.ndarray):
+    layers, cin = [], images.shape[-1]
+    for i, w in enumerate(WIDTHS):
+        layers += [torch.nn.Conv2d(cin, w, 3, 2 if i % 2 else 1, 1), torch.nn.GroupNorm(8, w),
+                   torch.nn.ReLU()]
+        cin = w
+    net = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(cin, 256), torch.nn.ReLU(),
+                              torch.nn.Linear(256, 10))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    x = torch.tensor(images.transpose(0, 3, 1, 2).copy())
+    y = torch.tensor(labels.astype(np.int64))
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    step.num_params = sum(p.numel() for p in net.parameters())
+    return step
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--torch_threads", default="1,2")
+    parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    args = parser.parse_args()
+    from bench.baselines import hardware
+    from bench.compare import import_torch
+
+    torch = import_torch()
+    rng = np.random.default_rng(0)
+    images = rng.random((args.batch, 28, 28, 1), np.float32)
+    labels = rng.integers(0, 10, args.batch)
+    ours = jax_step(images, labels)
+    t0 = time.perf_counter()
+    ours()
+    compile_s = time.perf_counter() - t0
+    threads = [int(t) for t in args.torch_threads.split(",")]
+    peer = torch_step(torch, images, labels)
+    if peer.num_params != ours.num_params:
+        raise SystemExit(f"parameter counts differ: jax {ours.num_params}, torch "
+                         f"{peer.num_params}; the two models are not the same")
+    times: dict[str, list[float]] = {"jax": [], **{f"torch_{t}t": [] for t in threads}}
+    loads = []
+    for rep in range(args.repeats + 2):
+        sample = {"jax": _time(ours)}
+        for t in threads:
+            torch.set_num_threads(t)
+            sample[f"torch_{t}t"] = _time(peer)
+        if rep >= 2:
+            for k, v in sample.items():
+                times[k].append(v)
+            loads.append(round(os.getloadavg()[0], 2))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = min((k for k in med if k != "jax"), key=med.get)
+    report = {
+        "command": f"python bench/gn_convnet.py --batch {args.batch} --repeats {args.repeats} "
+                   f"--torch_threads {args.torch_threads}",
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "hardware": hardware(), "torch": torch.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "batch": args.batch,
+        "params": ours.num_params, "compile_s": round(compile_s, 2), "load_avg_1m": loads,
+        "median_s": {k: round(v, 4) for k, v in med.items()}, "best_torch": best,
+        "ratio": round(med["jax"] / med[best], 3),
+    }
+    print(json.dumps(report, indent=1))
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
