@@ -1,7 +1,7 @@
 """Benchmark: the issue's own model, a 6-conv GroupNorm CNN + MLP head, Flax vs PyTorch.
 
     .venv/bin/python bench/gn_convnet.py
-    JSSL_XLA_CPU_FLAGS=0 .venv/bin/python bench/gn_convnet.py --out /tmp/gn_off.json
+    JSSL_XLA_CPU_FLAGS=0 .venv/bin/python bench/gn_convnet.py --out bench/gn_convnet_flag_off.json
 
 Issue #8 opened with this measurement: "6 conv layers 32-64-128 with GroupNorm + MLP head,
 batch 512 of 28×28, AdamW step: PyTorch 2.13 CPU 0.71 s/step, JAX 0.10 / Flax 0.12 2.93
