@@ -58,15 +58,12 @@ def _torch_times(torch, side, cin, cout, k, s, batch, repeats, threads) -> dict:
         y = torch.nn.functional.conv2d(x, w, stride=s, padding=(k - 1) // 2)
         return torch.autograd.grad(y, (x, w), dy)
 
+    from bench.compare import _median as median_s
+
     out = {}
     for name, fn in (("fwd", fwd), ("bwd", bwd)):
         fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        out[f"torch_{name}_ms"] = round(statistics.median(times) * 1e3, 2)
+        out[f"torch_{name}_ms"] = round(median_s(fn, repeats) * 1e3, 2)
     return out
 
 

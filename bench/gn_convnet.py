@@ -103,12 +103,6 @@ def torch_step(torch, images: np.ndarray, labels: np.ndarray):
     return step
 
 
-def _time(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=512)
@@ -117,7 +111,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = parser.parse_args()
     from bench.baselines import hardware
-    from bench.compare import import_torch
+    from bench.compare import _timed, import_torch
 
     torch = import_torch()
     rng = np.random.default_rng(0)
@@ -135,10 +129,10 @@ def main() -> None:
     times: dict[str, list[float]] = {"jax": [], **{f"torch_{t}t": [] for t in threads}}
     loads = []
     for rep in range(args.repeats + 2):
-        sample = {"jax": _time(ours)}
+        sample = {"jax": _timed(ours)}
         for t in threads:
             torch.set_num_threads(t)
-            sample[f"torch_{t}t"] = _time(peer)
+            sample[f"torch_{t}t"] = _timed(peer)
         if rep >= 2:
             for k, v in sample.items():
                 times[k].append(v)

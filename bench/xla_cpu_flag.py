@@ -22,7 +22,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,18 +33,14 @@ def worker(spec: str, repeats: int) -> dict:
     sys.path.insert(0, str(ROOT))
     import jax
 
-    from bench.compare import _jssl_update
+    from bench.compare import _jssl_update, _timed
     from bench.steps import load_config
 
     config = load_config(spec)
     built = _jssl_update(config, 5)
     run = built["run"]
     run(), run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
+    times = [_timed(run) for _ in range(repeats)]
     encoder = config.model.get("encoder")
     return {"median_s": statistics.median(times), "min_s": min(times),
             "compile_s": built["compile_s"], "xla_flags": os.environ.get("XLA_FLAGS", ""),

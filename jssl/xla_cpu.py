@@ -17,13 +17,12 @@ process without the flag in ``tests/test_xla_cpu.py``).
   unknown flags, so other versions are left alone).
 
 ``import jssl`` calls it. XLA reads ``XLA_FLAGS`` once, when the first backend starts, so
-it only takes effect if jssl is imported before any JAX computation; :func:`configure`
-reports whether it was in time. It only affects the CPU backend.
+it only takes effect if jssl is imported before any JAX computation. It only affects the
+CPU backend.
 """
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import MutableMapping
 from importlib import metadata
 
@@ -45,13 +44,6 @@ def jaxlib_version() -> tuple[int, ...]:
             break
         parts.append(int(digits))
     return tuple(parts)
-
-
-def backend_started() -> bool:
-    """True if this process's JAX has already created a backend (flags are then fixed)."""
-    bridge = sys.modules.get("jax._src.xla_bridge")
-    started = getattr(bridge, "backends_are_initialized", None)
-    return bool(started and started())
 
 
 def configure(environ: MutableMapping[str, str] | None = None,
