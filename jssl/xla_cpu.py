@@ -3,7 +3,8 @@
 XLA:CPU (jaxlib 0.10-0.11) hands each convolution to a YNNPACK fusion and fuses the
 elementwise producer (BatchNorm apply + ReLU) into it. On the 2-core AMD EPYC of
 ``docs/performance.md`` that made the convolutional train steps slower than Eigen's
-convolution kernels: the SimCLR / BYOL / CLIP CPU updates took 1.2-1.4x as long as with
+convolution kernels: the SimCLR / BYOL / CLIP CPU updates took 1.16-1.25x as long
+(``bench/xla_cpu_flag.py``) as with
 ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``, which keeps YNNPACK for
 dots, reductions and elementwise fusions and gives convolutions back to Eigen. The result
 is the same convolution (float32, rounding-level differences only; tested against a
