@@ -25,9 +25,13 @@ $(STAMP): $(BIN)/python requirements.txt requirements-test.txt setup.py
 venv: $(STAMP)
 
 # Embedded real data from Debian's packages (offline, no download at run time):
-# Fashion-MNIST IDX files, the fortunes corpus, and espeak-ng for the spoken digits.
+# Fashion-MNIST IDX files, the fortunes corpus, and espeak-ng for the spoken digits; and
+# tcmalloc, which jssl's CPU runs restart with (jssl/cpu_malloc.py).
+TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4) \
+                        /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4)
 DEB_DATA := $(FMNIST_DIR)/train-images-idx3-ubyte.gz:dataset-fashion-mnist \
-            /usr/share/games/fortunes/fortunes:fortunes /usr/bin/espeak-ng:espeak-ng
+            /usr/share/games/fortunes/fortunes:fortunes /usr/bin/espeak-ng:espeak-ng \
+            $(TCMALLOC):libtcmalloc-minimal4
 data:
 	@missing=""; for pair in $(DEB_DATA); do \
 	  [ -e "$${pair%%:*}" ] || missing="$$missing $${pair##*:}"; done; \
@@ -48,8 +52,10 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check jssl tests bench experiments
 
+# The suite runs under tcmalloc when it is installed, as `python -m jssl.main` does on CPU.
 test: $(STAMP) data lint
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=20 tests
+	LD_PRELOAD="$$([ -e $(TCMALLOC) ] && echo $(TCMALLOC))" \
+	    $(BIN)/python -m pytest -n 2 --dist loadgroup --durations=20 tests
 
 # PyTorch for the peers of bench/compare.py, in its own venv (never in jssl's requirements).
 TORCH_VENV := bench/.venv-torch
@@ -64,6 +70,7 @@ bench: $(STAMP) data $(TORCH_VENV)/.installed
 	$(BIN)/python bench/conv_layers.py
 	$(BIN)/python bench/xla_cpu_flag.py
 	$(BIN)/python bench/gn_convnet.py
+	$(BIN)/python bench/cpu_malloc.py
 	$(BIN)/python bench/render.py
 
 clean:

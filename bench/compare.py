@@ -234,11 +234,15 @@ def main() -> None:
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "backend": jax.default_backend(), "jax": jax.__version__, "torch": torch.__version__,
         "nproc": os.cpu_count(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""), "results": results,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "malloc": os.environ.get("LD_PRELOAD") or "glibc", "results": results,
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
+    from jssl.cpu_malloc import maybe_reexec
+
+    maybe_reexec()  # jssl's CLI runs with tcmalloc on CPU; so do both sides here
     main()

@@ -1,7 +1,9 @@
 """Benchmark: the issue's own model, a 6-conv GroupNorm CNN + MLP head, Flax vs PyTorch.
 
     .venv/bin/python bench/gn_convnet.py
-    JSSL_XLA_CPU_FLAGS=0 .venv/bin/python bench/gn_convnet.py --out bench/gn_convnet_flag_off.json
+    JSSL_CPU_MALLOC=0 .venv/bin/python bench/gn_convnet.py --out bench/gn_convnet_glibc.json
+    JSSL_XLA_CPU_FLAGS=0 JSSL_CPU_MALLOC=0 .venv/bin/python bench/gn_convnet.py \
+        --out bench/gn_convnet_flag_off.json
 
 Issue #8 opened with this measurement: "6 conv layers 32-64-128 with GroupNorm + MLP head,
 batch 512 of 28×28, AdamW step: PyTorch 2.13 CPU 0.71 s/step, JAX 0.10 / Flax 0.12 2.93
@@ -11,7 +13,9 @@ with bias of widths 32, 32, 64, 64, 128, 128, the second of each pair with strid
 Dense 128 → 256, ReLU, Dense 256 → 10; softmax cross-entropy on labels; AdamW (lr 1e-3,
 weight decay 1e-4 on every parameter, as ``torch.optim.AdamW``). Plain ``flax.linen``
 layers and ``optax.adamw``, as a user would write it; jssl is imported first, so jssl's
-XLA:CPU flag applies unless ``JSSL_XLA_CPU_FLAGS=0``. One jssl update and one PyTorch
+XLA:CPU flag applies unless ``JSSL_XLA_CPU_FLAGS=0``, and the script restarts itself with
+tcmalloc preloaded as jssl's command line does (``jssl.cpu_malloc``; both frameworks run in
+this one process, so both get it) unless ``JSSL_CPU_MALLOC=0``. One jssl update and one PyTorch
 update alternate ``--repeats`` times after two warm-ups; PyTorch runs with each of
 ``--torch_threads``; the ratio is jssl's median / the faster PyTorch median. Writes
 ``bench/gn_convnet.json`` (``python bench/render.py`` makes the table in
@@ -145,6 +149,7 @@ def main() -> None:
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "hardware": hardware(), "torch": torch.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "batch": args.batch,
+        "malloc": os.environ.get("LD_PRELOAD") or "glibc",
         "params": ours.num_params, "compile_s": round(compile_s, 2), "load_avg_1m": loads,
         "median_s": {k: round(v, 4) for k, v in med.items()}, "best_torch": best,
         "ratio": round(med["jax"] / med[best], 3),
@@ -154,4 +159,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from jssl.cpu_malloc import maybe_reexec
+
+    maybe_reexec()  # jssl's CLI runs with tcmalloc on CPU; so do both sides here
     main()

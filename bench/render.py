@@ -80,7 +80,9 @@ def results(r: dict) -> str:
         f"forward + backward + optimizer on the same prepared inputs, median of "
         f"{r['results'][0].get('repeats', '?')} alternated repetitions; step = prepare "
         f"(on-device views/masks) + update; params = trainable parameters of each model"
-        + (f"; XLA_FLAGS `{r['xla_flags']}`" if r.get("xla_flags") else "") + ".",
+        + (f"; XLA_FLAGS `{r['xla_flags']}`" if r.get("xla_flags") else "")
+        + (f"; malloc: {_malloc(r['malloc'])} for jssl and PyTorch alike (same process)"
+           if r.get("malloc") else "") + ".",
         "",
         "| preset | batch | jssl conv | update | PyTorch update (threads) | jssl / best PyTorch "
         "| step ex/s "
@@ -210,13 +212,22 @@ def loader(r: dict) -> str:
     return "\n".join(rows)
 
 
-def xla_cpu_flag(r: dict) -> str:
+def _malloc(preload: str) -> str:
+    return "glibc" if preload == "glibc" else f"`LD_PRELOAD={preload}`"
+
+
+def _measured_in_processes(r: dict) -> str:
+    """Header of the fresh-process benchmarks: command, machine, date, load range."""
     h = r["hardware"]
     loads = [x for row in r["results"] for x in row["load"]]
+    return (f"Measured by `{r['command']}` on {h['cpu']}, {h['nproc']} cores, jax {r['jax']}, "
+            f"{r['date_utc'][:16].replace('T', ' ')} UTC; 1-minute load average "
+            f"{min(loads)}-{max(loads)}. One fresh process per measurement")
+
+
+def xla_cpu_flag(r: dict) -> str:
     rows = [
-        f"Measured by `{r['command']}` on {h['cpu']}, {h['nproc']} cores, jax {r['jax']}, "
-        f"{r['date_utc'][:16].replace('T', ' ')} UTC; 1-minute load average "
-        f"{min(loads)}-{max(loads)}. One fresh process per measurement (XLA reads its flags "
+        f"{_measured_in_processes(r)} (XLA reads its flags "
         f"once per process), flag on and off alternating; update = forward + backward + "
         f"optimizer, median over rounds of each process's median. On: `{r['flag']}`.",
         "",
@@ -232,12 +243,14 @@ def xla_cpu_flag(r: dict) -> str:
 
 
 def gn_convnet(r: dict) -> str:
-    """bench/gn_convnet.py: the issue's GroupNorm CNN, with jssl's flag (and, if recorded
-    in bench/gn_convnet_flag_off.json, without it)."""
+    """bench/gn_convnet.py: the issue's GroupNorm CNN, with jssl's flag and tcmalloc (and,
+    if recorded, with glibc's malloc in bench/gn_convnet_glibc.json and without the flag in
+    bench/gn_convnet_flag_off.json)."""
     runs = [("on", r)]
-    off = ROOT / "bench" / "gn_convnet_flag_off.json"
-    if off.exists():
-        runs.append(("off (`JSSL_XLA_CPU_FLAGS=0`)", json.loads(off.read_text())))
+    for name, label in (("gn_convnet_glibc.json", "on"),
+                        ("gn_convnet_flag_off.json", "off (`JSSL_XLA_CPU_FLAGS=0`)")):
+        if (ROOT / "bench" / name).exists():
+            runs.append((label, json.loads((ROOT / "bench" / name).read_text())))
     h = r["hardware"]
     rows = [
         f"Measured by `{r['command']}` on {h['cpu']}, {h['nproc']} cores, jax "
@@ -245,19 +258,42 @@ def gn_convnet(r: dict) -> str:
         f"batch {r['batch']} of 28×28×1, {r['params']:,} parameters in both; median of "
         f"alternated updates (forward + backward + AdamW).",
         "",
-        "| jssl's XLA:CPU flag | Flax + optax | PyTorch 1 thread | PyTorch 2 threads "
-        "| Flax / best PyTorch | 1-minute load |",
-        "|---|---:|---:|---:|---:|---|",
+        "| jssl's XLA:CPU flag | malloc (both) | Flax + optax | PyTorch 1 thread "
+        "| PyTorch 2 threads | Flax / best PyTorch | 1-minute load |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
     for label, x in runs:
         m = x["median_s"]
-        rows.append(f"| {label} | {m['jax'] * 1e3:.0f} ms | {m['torch_1t'] * 1e3:.0f} ms | "
+        rows.append(f"| {label} | {_malloc(x.get('malloc', 'glibc'))} "
+                    f"| {m['jax'] * 1e3:.0f} ms | {m['torch_1t'] * 1e3:.0f} ms | "
                     f"{m['torch_2t'] * 1e3:.0f} ms | {x['ratio']:.2f} | "
                     f"{min(x['load_avg_1m'])}-{max(x['load_avg_1m'])} |")
     return "\n".join(rows)
 
 
-RENDERERS: dict[str, Callable[[dict], str]] = {"ring_loss": ring_loss, "augment": augment,
+def cpu_malloc(r: dict) -> str:
+    """bench/cpu_malloc.py: the update with glibc, glibc + mallopt and tcmalloc."""
+    settings = r["settings"]
+    rows = [
+        f"{_measured_in_processes(r)}, the settings alternating; {r['warmup']} warm-up "
+        f"updates, then the median of {r['repeats']}; "
+        f"time: median over rounds (ratio to glibc); page faults per update and resident "
+        f"memory after the timed updates.",
+        "",
+        "| preset | " + " | ".join(settings) + " | page faults per update ("
+        + " / ".join(settings) + ") | resident MB (" + " / ".join(settings) + ") |",
+        "|---|" + "---:|" * len(settings) + "---:|---:|",
+    ]
+    for x in r["results"]:
+        cells = [f"{x['median_s'][s] * 1e3:.0f} ms ({x['ratio'][s]:.2f})" for s in settings]
+        faults = " / ".join(f"{x['faults_per_update'][s]:,.0f}" for s in settings)
+        rss = " / ".join(f"{x['rss_mb'][s]:,.0f}" for s in settings)
+        rows.append(f"| {x['preset']} | " + " | ".join(cells) + f" | {faults} | {rss} |")
+    return "\n".join(rows)
+
+
+RENDERERS: dict[str, Callable[[dict], str]] = {"cpu_malloc": cpu_malloc,
+                                               "ring_loss": ring_loss, "augment": augment,
                                                "results": results, "conv_layers": conv_layers,
                                                "gpu_mfu": gpu_mfu, "steps_gpu": steps_gpu,
                                                "loader": loader, "xla_cpu_flag": xla_cpu_flag,

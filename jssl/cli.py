@@ -21,6 +21,7 @@ _MODES = {"train": "train_eval", "eval": "eval"}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv_from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="jssl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in _MODES:
         if any(a == "--mode" or a.startswith("--mode=") for a in rest):
             parser.error(f"`jssl {args.command}` sets --mode itself; drop --mode")
+        if argv_from_command_line:  # on CPU: restart once with tcmalloc (jssl.cpu_malloc)
+            from jssl.cpu_malloc import maybe_reexec
+
+            maybe_reexec()
         from absl import app
 
         from jssl import main as jssl_main

@@ -5,7 +5,9 @@
 
 The same command runs on one CPU, one GPU or every host of a TPU pod / SLURM job
 (there ``jax.distributed.initialize`` needs no flags); by hand, give each process
---coordinator_address, --num_processes and --process_id.
+--coordinator_address, --num_processes and --process_id. On CPU the command restarts itself
+once with tcmalloc preloaded when it is installed (``jssl.cpu_malloc``; opt out with
+``JSSL_CPU_MALLOC=0``).
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -35,4 +37,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from jssl.cpu_malloc import maybe_reexec
+
+    maybe_reexec()  # on CPU: restart once with tcmalloc preloaded (jssl.cpu_malloc)
     app.run(main)
