@@ -12,7 +12,9 @@ tiny           CI smoke test: a few steps on Fashion-MNIST test data.
 fashion_mnist  From scratch, SGD (momentum 0.9, lr 0.1 × B/256, wd 5e-4, cosine), label
                smoothing 0.1; 100 % labels by default, 1 % / 10 % with
                --config.data.label_fraction=0.01 (or 0.1); fine-tune an SSL run with
-               --config.init_from=runs/simclr_fmnist --config.optim.base_lr=0.02.
+               --config.init_from=runs/simclr_fmnist --config.optim.base_lr=0.02; linear
+               probe, then fine-tune (LP-FT) with --config.optim.freeze_pattern=^encoder/
+               --config.optim.freeze_steps=K (not measured yet).
                python -m jssl.main --config=experiments/supervised.py:fashion_mnist \
                    --config.data.label_fraction=0.01 --workdir=runs/scratch_1pct
                2-core CPU; wall time and accuracy: docs/RESULTS.md (measured, with commands).
@@ -42,6 +44,11 @@ from jssl import configs
 PRESETS = ("tiny", "fashion_mnist", "finetune_1pct", "finetune_10pct", "imagenet_r50")
 #: SimCLR App. B.5: epochs of fine-tuning on the labelled subset
 FINETUNE_EPOCHS = {"finetune_1pct": (0.01, 60), "finetune_10pct": (0.1, 30)}
+#: LP-FT (Kumar et al. 2022) with --config.optim.freeze_pattern=^encoder/ and
+#: --config.optim.freeze_steps=K: the encoder's params get no update for the first K steps
+#: (only the classifier trains; the encoder's BatchNorm statistics still update), then all
+#: train. Off by default.
+LP_FT = {"freeze_pattern": "", "freeze_steps": 0}
 
 
 def base() -> ml_collections.ConfigDict:
@@ -51,7 +58,7 @@ def base() -> ml_collections.ConfigDict:
     c.augment = ml_collections.ConfigDict(
         {"size": 28, "scale": (0.2, 1.0), "flip_p": 0.5, "jitter_p": 0.0})
     c.loss = ml_collections.ConfigDict({"label_smoothing": 0.1})
-    c.optim = configs.momentum_optim("sgd", 0.1, 5e-4)
+    c.optim = configs.momentum_optim("sgd", 0.1, 5e-4, **LP_FT)
     return c
 
 
@@ -68,7 +75,8 @@ def get_config(arg: str = "fashion_mnist") -> ml_collections.ConfigDict:
         c.data.label_fraction = fraction
         c.init_required = True
         c.loss.label_smoothing = 0.0
-        c.optim = configs.momentum_optim("sgd", 0.05, 0.0, warmup_steps=0, nesterov=True)
+        c.optim = configs.momentum_optim("sgd", 0.05, 0.0, warmup_steps=0, nesterov=True,
+                                         **LP_FT)
         c.train.steps = round(epochs * fraction * configs.FASHION_MNIST_TRAIN
                               / c.train.batch_size)
     elif arg == "imagenet_r50":

@@ -70,6 +70,28 @@ def test_finetuning_starts_from_the_ssl_encoder_and_a_zero_classifier(tmp_path, 
     np.testing.assert_array_equal(kernel, np.zeros_like(kernel))
 
 
+def test_lp_ft_freezes_the_ssl_encoder_while_the_classifier_trains(tmp_path, ssl_run):
+    """LP-FT's first phase: with freeze_pattern ^encoder/ for every step, the encoder's params
+    stay the SSL run's bit for bit while the (zero-initialised) classifier moves; the
+    encoder's BatchNorm statistics still update, as the preset's docstring says."""
+    workdir, _ = ssl_run
+    config = tiny_config(tmp_path, "supervised", **{"train.steps": 3, "optim.warmup_steps": 0})
+    assert (config.optim.freeze_pattern, config.optim.freeze_steps) == ("", 0)  # off by default
+    config.optim.freeze_pattern = "^encoder/"
+    config.optim.freeze_steps = 3
+    config.init_from = str(workdir)
+    state, _ = train(config, tmp_path / "lp")
+    saved = _saved(workdir)
+    for a, b in zip(jax.tree.leaves(jax.device_get(saved["params"]["encoder"])),
+                    jax.tree.leaves(jax.device_get(state.params["encoder"])), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    kernel = np.asarray(jax.device_get(state.params["classifier"]["linear"]["kernel"]))
+    assert np.abs(kernel).max() > 0
+    stats_before = jax.tree.leaves(jax.device_get(saved["variables"]["batch_stats"]["encoder"]))
+    stats_after = jax.tree.leaves(jax.device_get(state.variables["batch_stats"]["encoder"]))
+    assert any(not np.array_equal(a, b) for a, b in zip(stats_before, stats_after, strict=True))
+
+
 def test_finetuning_refuses_a_different_encoder(tmp_path, ssl_run):
     workdir, _ = ssl_run
     config = tiny_config(tmp_path, "supervised")
