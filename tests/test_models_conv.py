@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from jssl.models import conv as conv_lib
-from jssl.models.conv import Conv, chunked_kernel_grad, use_chunked_dw
+from jssl.models.conv import (
+    Conv,
+    chunked_kernel_grad,
+    phase_input_grad,
+    use_chunked_dw,
+    use_phase_dx,
+)
 
 
 def _x(shape, seed=0):
@@ -38,16 +44,20 @@ CASES = [
     (4, 28, 8, 16, 1, 2, "SAME"),
     (4, 14, 16, 16, 3, 1, "VALID"),
     (2, 30, 3, 5, 5, 1, 2),
+    (3, 32, 3, 8, 7, 2, 3),  # ImageNet-style 7x7/2 stem: phase input gradient, 4 taps a phase
+    (2, 30, 4, 6, 3, 3, "VALID"),  # stride 3: one tap per phase
+    (2, 27, 4, 6, 3, 2, ((1, 1), (1, 1))),  # odd padded side 29: XLA's input gradient
 ]
 
 
+@pytest.mark.parametrize("impl", ["fast", "fast_chunked_dw"])
 @pytest.mark.parametrize("case", CASES, ids=[str(c[:6]) for c in CASES])
-def test_matches_flax_conv_value_and_gradients(case):
+def test_matches_flax_conv_value_and_gradients(case, impl):
     b, side, cin, cout, k, s, padding = case
     kwargs = dict(features=cout, kernel_size=(k, k), strides=(s, s), padding=padding,
                   use_bias=True, bias_init=nn.initializers.normal(1.0))
     x = _x((b, side, side, cin))
-    ref, fast = nn.Conv(**kwargs), Conv(**kwargs, impl="fast")
+    ref, fast = nn.Conv(**kwargs), Conv(**kwargs, impl=impl)
     variables = ref.init(jax.random.key(0), x)
     assert (jax.tree.map(jnp.shape, fast.init(jax.random.key(0), x))
             == jax.tree.map(jnp.shape, variables))
@@ -86,9 +96,38 @@ def test_chunked_kernel_grad_is_used_and_exact_where_the_rule_says():
     dw = chunked_kernel_grad(x, dy, (3, 3), (1, 1), pads)  # chunks of 6 (largest divisor <= 8)
     np.testing.assert_allclose(dw, _numpy_kernel_grad(x, dy, 3, 1, pads), rtol=1e-4, atol=1e-3)
     jaxpr = str(jax.make_jaxpr(jax.grad(
-        lambda w: Conv(8, (3, 3), padding=pads, use_bias=False).apply({"params": {"kernel": w}},
-                                                                      x).sum()))(dw))
+        lambda w: Conv(8, (3, 3), padding=pads, use_bias=False, impl="fast_chunked_dw").apply(
+            {"params": {"kernel": w}}, x).sum()))(dw))
     assert "scan" in jaxpr and "conv_general_dilated" in jaxpr
+    jaxpr = str(jax.make_jaxpr(jax.grad(  # "fast" keeps XLA's kernel gradient
+        lambda w: Conv(8, (3, 3), padding=pads, use_bias=False, impl="fast").apply(
+            {"params": {"kernel": w}}, x).sum()))(dw))
+    assert "scan" not in jaxpr
+
+
+def test_phase_input_grad_is_used_and_exact_where_the_rule_says():
+    one = ((1, 1), (1, 1))
+    assert use_phase_dx((28, 28), (2, 2), one) and use_phase_dx((28, 28), (2, 2), ((0, 0),) * 2)
+    assert not use_phase_dx((7, 7), (2, 2), one)  # padded side 9: XLA's
+    assert not use_phase_dx((28, 28), (1, 1), one)  # stride 1: XLA's
+    assert not use_phase_dx((28, 28), (2, 2), one, platform="gpu")  # accelerators: XLA's
+    # asymmetric strides and paddings, against XLA's own input gradient
+    x, w = _x((3, 20, 18, 5)), _x((3, 4, 5, 7), seed=3)
+    pads, strides = ((2, 0), (1, 1)), (2, 1)
+    assert use_phase_dx((20, 18), strides, pads)
+
+    def conv(x_):
+        return jax.lax.conv_general_dilated(x_, w, strides, pads,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    y, vjp = jax.vjp(conv, x)
+    dy = _x(y.shape, seed=4)
+    np.testing.assert_allclose(phase_input_grad(dy, w, strides, pads, (20, 18)), vjp(dy)[0],
+                               rtol=1e-5, atol=1e-5)
+    jaxpr = str(jax.make_jaxpr(jax.grad(
+        lambda x_: Conv(8, (3, 3), strides=2, padding=one, use_bias=False).apply(
+            {"params": {"kernel": jnp.ones((3, 3, 4, 8))}}, x_).sum()))(_x((2, 28, 28, 4))))
+    assert "lhs_dilation=(2, 2)" not in jaxpr and "lhs_dilation=(1, 1)" in jaxpr
 
 
 def test_bfloat16_computes_in_dtype_and_keeps_float32_params():
@@ -119,8 +158,8 @@ def test_resnet_fast_and_xla_convs_share_params_and_agree():
     from jssl.models.resnet import resnet
 
     x = _x((8, 28, 28, 1))
-    fast, xla = resnet("tiny", stem="cifar", conv_impl="fast"), resnet("tiny", stem="cifar")
-    assert xla.conv_impl == "xla"  # the default
+    fast, xla = resnet("tiny", stem="cifar"), resnet("tiny", stem="cifar", conv_impl="xla")
+    assert fast.conv_impl == resnet("tiny").conv_impl == "fast"  # the default
     variables = xla.init(jax.random.key(0), x, train=False)
     assert (jax.tree.map(jnp.shape, fast.init(jax.random.key(0), x, train=False))
             == jax.tree.map(jnp.shape, variables))

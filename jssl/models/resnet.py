@@ -9,7 +9,8 @@ The SSL variants used by SimCLR, MoCo, BYOL, Barlow Twins, VICReg and DINO:
   resolution of ``"cifar"`` — about 4x fewer FLOPs for small images, the choice for CPU.
 * ``norm="batch"`` with an optional ``axis_name``: synchronised (global) BatchNorm statistics
   over that mesh axis when the module runs inside ``shard_map`` (SimCLR "global BN",
-  BYOL ``cross_replica_axis``). ``norm="group"``: GroupNorm, which keeps no ``batch_stats``.
+  BYOL ``cross_replica_axis``). ``norm="group"``: GroupNorm (``jssl.models.norm``, with
+  ``nn.GroupNorm``'s params), which keeps no ``batch_stats``.
 * Bottleneck blocks stride in the 3x3 conv ("ResNet v1.5", as torchvision).
 
 The classification layer is removed: ``__call__`` returns globally average-pooled features
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 
 from jssl.models.conv import IMPLS as CONV_IMPLS
 from jssl.models.conv import Conv
+from jssl.models.norm import GroupNorm
 
 Dtype = Any
 
@@ -71,8 +73,8 @@ def _norm_factory(norm: str, *, train: bool, axis_name: str | None, momentum: fl
         if features % groups:
             raise ValueError(f"GroupNorm: num_groups={num_groups} does not divide {features} "
                              f"channels; choose num_groups dividing every stage width")
-        return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=dtype, scale_init=scale_init,
-                            name=name)
+        return GroupNorm(num_groups=groups, epsilon=1e-5, dtype=dtype, scale_init=scale_init,
+                         name=name)
 
     return make
 
@@ -85,7 +87,7 @@ class BasicBlock(nn.Module):
     make_norm: Any = None
     zero_init_residual: bool = False
     dtype: Dtype = jnp.float32
-    conv_impl: str = "xla"
+    conv_impl: str = "fast"
     expansion = 1
 
     @nn.compact
@@ -111,7 +113,7 @@ class Bottleneck(nn.Module):
     make_norm: Any = None
     zero_init_residual: bool = False
     dtype: Dtype = jnp.float32
-    conv_impl: str = "xla"
+    conv_impl: str = "fast"
     expansion = 4
 
     @nn.compact
@@ -156,12 +158,12 @@ class ResNet(nn.Module):
       zero_init_residual: zero-init the last norm scale of each block (Goyal et al. 2017).
       return_feature_map: also return the last feature map ``[B, H', W', C]``.
       dtype: computation dtype (params stay float32).
-      conv_impl: ``"xla"`` (``nn.Conv``; the default) or ``"fast"``
-        (``jssl.models.conv.Conv``: ``nn.Conv``'s params and result, a chunked kernel
-        gradient on high-resolution CPU layers). With jssl's XLA:CPU flag
-        (:mod:`jssl.xla_cpu`: convolutions on Eigen) ``"xla"`` was the faster of the two
-        for the SimCLR, BYOL and CLIP CPU updates (docs/performance.md); ``"fast"`` won
-        only on a loaded machine with XLA's default YNNPACK convolutions.
+      conv_impl: ``"fast"`` (the default: ``jssl.models.conv.Conv``, ``nn.Conv``'s params
+        and result, with a phase-decomposed input gradient for strided CPU layers),
+        ``"fast_chunked_dw"`` (also a chunked kernel gradient on high-resolution CPU layers)
+        or ``"xla"`` (``nn.Conv``). ``"fast"`` was the fastest of the three for the SimCLR
+        and BYOL CPU updates (``bench/compare.py``, docs/performance.md); on GPU/TPU all
+        three run XLA's gradients.
     """
 
     block: str = "basic"
@@ -176,7 +178,7 @@ class ResNet(nn.Module):
     zero_init_residual: bool = False
     return_feature_map: bool = False
     dtype: Dtype = jnp.float32
-    conv_impl: str = "xla"
+    conv_impl: str = "fast"
 
     def _check(self, x: jnp.ndarray) -> None:
         if self.block not in ("basic", "bottleneck"):
