@@ -3,9 +3,11 @@
     .venv/bin/python bench/conv_layers.py
 
 Per layer (side, C_in → C_out, kernel, stride; 512 NHWC images): the forward, the input
-gradient and the kernel gradient as XLA differentiates ``lax.conv_general_dilated``,
-and the kernel gradient as ``jssl.models.conv.chunked_kernel_grad`` computes it (a scan
-over chunks of 8 images of im2col matmuls) and as one whole-batch im2col matmul. Median of
+gradient and the kernel gradient as XLA differentiates ``lax.conv_general_dilated``, the
+input gradient of strided layers as ``jssl.models.conv.phase_input_grad`` computes it
+(where ``use_phase_dx`` applies; checked against XLA's), and the kernel gradient as
+``jssl.models.conv.chunked_kernel_grad`` computes it (a scan over chunks of 8 images of
+im2col matmuls) and as one whole-batch im2col matmul. Median of
 ``--repeats`` jitted calls; ``os.getloadavg()`` at the start and end. Writes
 ``bench/conv_layers.json`` (``python bench/render.py`` makes the table in
 docs/performance.md). The chunked result is checked against XLA's before timing.
@@ -33,7 +35,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
-from jssl.models.conv import _patches, chunked_kernel_grad  # noqa: E402
+from jssl.models.conv import (  # noqa: E402
+    _patches,
+    chunked_kernel_grad,
+    phase_input_grad,
+    use_phase_dx,
+)
 
 # The tiny ResNet's layers, then tiny_wide's last stage (the quickstart's encoder).
 LAYERS = [(28, 1, 8, 3, 1), (28, 8, 8, 3, 1), (28, 8, 16, 3, 2), (28, 8, 16, 1, 2),
@@ -100,6 +107,12 @@ def bench_layer(side, cin, cout, k, s, batch, repeats) -> dict:
                                              @ dy.reshape(-1, cout)).reshape(k, k, cin, cout)),
                       (x, dy)),
     }
+    if use_phase_dx((side, side), (s, s), pads):
+        fns["dx_phase"] = (jax.jit(lambda w, dy: phase_input_grad(dy, w, (s, s), pads,
+                                                                  (side, side))), (w, dy))
+        ref_dx = np.asarray(fns["dx"][0](w, dy))
+        np.testing.assert_allclose(fns["dx_phase"][0](w, dy), ref_dx, rtol=1e-4,
+                                   atol=1e-5 * np.abs(ref_dx).max())
     ref = np.asarray(fns["dw_xla"][0](x, dy))
     np.testing.assert_allclose(fns["dw_chunked"][0](x, dy), ref, rtol=1e-3,
                                atol=1e-4 * np.abs(ref).max())
@@ -146,6 +159,7 @@ def main() -> None:
               "jax": jax.__version__, "nproc": os.cpu_count(), "batch": args.batch,
               "load_avg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
               "xla_flags": os.environ.get("XLA_FLAGS", ""),
+              "malloc": os.environ.get("LD_PRELOAD") or "glibc",
               "torch": torch.__version__ if torch is not None else None,
               "results": results}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -153,4 +167,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from jssl.cpu_malloc import maybe_reexec
+
+    maybe_reexec()  # as jssl's command line (tcmalloc on CPU); PyTorch runs under it too
     main()

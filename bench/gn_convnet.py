@@ -12,12 +12,15 @@ with bias of widths 32, 32, 64, 64, 128, 128, the second of each pair with strid
 (28 → 14 → 7 → 4), each followed by GroupNorm (8 groups) and ReLU; global average pool;
 Dense 128 → 256, ReLU, Dense 256 → 10; softmax cross-entropy on labels; AdamW (lr 1e-3,
 weight decay 1e-4 on every parameter, as ``torch.optim.AdamW``). Plain ``flax.linen``
-layers and ``optax.adamw``, as a user would write it; jssl is imported first, so jssl's
+layers and ``optax.adamw``, as a user would write it, and the same model with jssl's layers
+(``--variants``): ``jssl_norm`` swaps ``nn.GroupNorm`` for ``jssl.models.norm.GroupNorm``,
+``jssl`` also ``nn.Conv`` for ``jssl.models.conv.Conv`` (same params and init, so the
+same model; the first-step losses are checked equal); jssl is imported first, so jssl's
 XLA:CPU flag applies unless ``JSSL_XLA_CPU_FLAGS=0``, and the script restarts itself with
 tcmalloc preloaded as jssl's command line does (``jssl.cpu_malloc``; both frameworks run in
-this one process, so both get it) unless ``JSSL_CPU_MALLOC=0``. One jssl update and one PyTorch
-update alternate ``--repeats`` times after two warm-ups; PyTorch runs with each of
-``--torch_threads``; the ratio is jssl's median / the faster PyTorch median. Writes
+this one process, so both get it) unless ``JSSL_CPU_MALLOC=0``. One update of each Flax variant and
+one PyTorch update alternate ``--repeats`` times after two warm-ups; PyTorch runs with each
+of ``--torch_threads``; each ratio is that Flax variant's median / the faster PyTorch median. Writes
 ``bench/gn_convnet.json`` (``python bench/render.py`` makes the table in
 docs/performance.md).
 """
@@ -42,23 +45,33 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import jssl  # noqa: E402,F401  (its XLA:CPU flag; no JAX computation has run yet)
+from jssl.models.conv import Conv  # noqa: E402
+from jssl.models.norm import GroupNorm  # noqa: E402
 
 WIDTHS = (32, 32, 64, 64, 128, 128)
 
 
+# the layers of each variant: (convolution, GroupNorm); same params, same init
+VARIANTS = {"flax": (nn.Conv, nn.GroupNorm), "jssl_norm": (nn.Conv, GroupNorm),
+            "jssl": (Conv, GroupNorm)}
+
+
 class GNConvNet(nn.Module):
+    variant: str = "flax"  # a key of VARIANTS
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        conv, norm = VARIANTS[self.variant]
         for i, w in enumerate(WIDTHS):
             s = 2 if i % 2 else 1
-            x = nn.Conv(w, (3, 3), (s, s), padding=((1, 1), (1, 1)))(x)
-            x = nn.relu(nn.GroupNorm(num_groups=8, epsilon=1e-5)(x))
+            x = conv(w, (3, 3), (s, s), padding=((1, 1), (1, 1)), name=f"Conv_{i}")(x)
+            x = nn.relu(norm(num_groups=8, epsilon=1e-5, name=f"GroupNorm_{i}")(x))
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(10)(nn.relu(nn.Dense(256)(x)))
 
 
-def jax_step(images: np.ndarray, labels: np.ndarray):
-    model, tx = GNConvNet(), optax.adamw(1e-3, weight_decay=1e-4)
+def jax_step(images: np.ndarray, labels: np.ndarray, variant: str = "flax"):
+    model, tx = GNConvNet(variant), optax.adamw(1e-3, weight_decay=1e-4)
     params = model.init(jax.random.key(0), images[:1])
     holder = {"state": (params, tx.init(params))}
     x, y = jnp.asarray(images), jnp.asarray(labels)
@@ -112,8 +125,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--torch_threads", default="1,2")
+    parser.add_argument("--variants", default="flax,jssl_norm,jssl",
+                        help="Flax models to time: flax (nn.Conv + nn.GroupNorm), jssl_norm "
+                             "(nn.Conv + jssl GroupNorm), jssl (jssl Conv + GroupNorm)")
     parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    if any(v not in VARIANTS for v in variants):
+        parser.error(f"--variants={args.variants!r}: use a comma-separated subset of "
+                     f"{sorted(VARIANTS)}")
     from bench.baselines import hardware
     from bench.compare import _timed, import_torch
 
@@ -121,19 +141,26 @@ def main() -> None:
     rng = np.random.default_rng(0)
     images = rng.random((args.batch, 28, 28, 1), np.float32)
     labels = rng.integers(0, 10, args.batch)
-    ours = jax_step(images, labels)
-    t0 = time.perf_counter()
-    ours()
-    compile_s = time.perf_counter() - t0
+    ours, compile_s, loss0 = {}, {}, {}
+    for variant in variants:  # "jax" keeps the plain-Flax key of the earlier JSON files
+        key = "jax" if variant == "flax" else f"jax_{variant}"
+        ours[key] = jax_step(images, labels, variant)
+        t0 = time.perf_counter()
+        loss0[key] = float(ours[key]())
+        compile_s[key] = round(time.perf_counter() - t0, 2)
+    if any(abs(v - next(iter(loss0.values()))) > 1e-5 for v in loss0.values()):
+        raise SystemExit(f"first-step losses differ between the variants: {loss0}")
     threads = [int(t) for t in args.torch_threads.split(",")]
     peer = torch_step(torch, images, labels)
-    if peer.num_params != ours.num_params:
-        raise SystemExit(f"parameter counts differ: jax {ours.num_params}, torch "
-                         f"{peer.num_params}; the two models are not the same")
-    times: dict[str, list[float]] = {"jax": [], **{f"torch_{t}t": [] for t in threads}}
+    for key, step in ours.items():
+        if peer.num_params != step.num_params:
+            raise SystemExit(f"parameter counts differ: {key} {step.num_params}, torch "
+                             f"{peer.num_params}; the two models are not the same")
+    times: dict[str, list[float]] = {**{k: [] for k in ours},
+                                     **{f"torch_{t}t": [] for t in threads}}
     loads = []
     for rep in range(args.repeats + 2):
-        sample = {"jax": _timed(ours)}
+        sample = {k: _timed(step) for k, step in ours.items()}
         for t in threads:
             torch.set_num_threads(t)
             sample[f"torch_{t}t"] = _timed(peer)
@@ -142,17 +169,19 @@ def main() -> None:
                 times[k].append(v)
             loads.append(round(os.getloadavg()[0], 2))
     med = {k: statistics.median(v) for k, v in times.items()}
-    best = min((k for k in med if k != "jax"), key=med.get)
+    best = min((k for k in med if k.startswith("torch")), key=med.get)
     report = {
         "command": f"python bench/gn_convnet.py --batch {args.batch} --repeats {args.repeats} "
-                   f"--torch_threads {args.torch_threads}",
+                   f"--torch_threads {args.torch_threads} --variants {args.variants}",
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "hardware": hardware(), "torch": torch.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "batch": args.batch,
         "malloc": os.environ.get("LD_PRELOAD") or "glibc",
-        "params": ours.num_params, "compile_s": round(compile_s, 2), "load_avg_1m": loads,
+        "params": peer.num_params, "compile_s": compile_s, "loss_step0": loss0,
+        "load_avg_1m": loads,
         "median_s": {k: round(v, 4) for k, v in med.items()}, "best_torch": best,
-        "ratio": round(med["jax"] / med[best], 3),
+        **{("ratio" if k == "jax" else f"ratio_{k[4:]}"): round(med[k] / med[best], 3)
+           for k in ours},
     }
     print(json.dumps(report, indent=1))
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--dir", default="/tmp/jssl_profile_step")
+    parser.add_argument("--conv_impl", default=None,
+                        help="ResNet conv_impl to profile (default: the preset's)")
     args = parser.parse_args()
     out = Path(args.dir)
     dump = out / "hlo"
@@ -65,7 +67,10 @@ def main() -> None:
     from bench.compare import _jssl_update
     from bench.steps import load_config
 
-    run = _jssl_update(load_config(args.preset), 5)["run"]
+    config = load_config(args.preset)
+    if args.conv_impl:
+        config.model.encoder.conv_impl = args.conv_impl
+    run = _jssl_update(config, 5)["run"]
     for _ in range(3):
         run()
     with jax.profiler.trace(str(out / "trace"), create_perfetto_trace=True):

@@ -126,16 +126,19 @@ def conv_layers(r: dict) -> str:
         + (f", torch {torch}" if torch else "") + f", "
         f"{r['date_utc'][:16].replace('T', ' ')} UTC, 1-minute load average "
         f"{r['load_avg_1m'][0]} → {r['load_avg_1m'][1]}; batch {r['batch']}, median ms"
-        + (f"; XLA_FLAGS `{flags}`" if flags else "") + ".",
+        + (f"; XLA_FLAGS `{flags}`" if flags else "")
+        + (f"; malloc {_malloc(r['malloc'])}" if "malloc" in r else "") + ".",
         "",
-        "| layer (side, C_in→C_out, k, stride) | forward | dX | dW (XLA) | dW chunked scan "
+        "| layer (side, C_in→C_out, k, stride) | forward | dX (XLA) | dX phases "
+        "| dW (XLA) | dW chunked scan "
         "| dW whole-batch im2col |" + (" XLA fwd+dX+dW | PyTorch fwd + bwd (threads) "
                                         "| XLA / PyTorch |" if torch else ""),
-        "|---|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if torch else ""),
+        "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if torch else ""),
     ]
     for x in r["results"]:
+        phase = f"{x['dx_phase_ms']:.1f}" if "dx_phase_ms" in x else "–"
         row = (f"| {x['side']}, {x['cin']}→{x['cout']}, {x['kernel']}, {x['stride']} | "
-               f"{x['fwd_ms']:.1f} | {x['dx_ms']:.1f} | {x['dw_xla_ms']:.1f} | "
+               f"{x['fwd_ms']:.1f} | {x['dx_ms']:.1f} | {phase} | {x['dw_xla_ms']:.1f} | "
                f"{x['dw_chunked_ms']:.1f} | {x['dw_im2col_ms']:.1f} |")
         if torch:
             row += (f" {x['xla_total_ms']:.1f} | {x['torch_fwd_ms']:.1f} + "
@@ -145,7 +148,7 @@ def conv_layers(r: dict) -> str:
     if torch:
         xla = sum(x["xla_total_ms"] for x in r["results"])
         tor = sum(x["torch_total_ms"] for x in r["results"])
-        rows.append(f"| all layers | | | | | | {xla:.1f} | {tor:.1f} | {xla / tor:.2f} |")
+        rows.append(f"| all layers | | | | | | | {xla:.1f} | {tor:.1f} | {xla / tor:.2f} |")
     return "\n".join(rows)
 
 
@@ -255,19 +258,23 @@ def gn_convnet(r: dict) -> str:
     rows = [
         f"Measured by `{r['command']}` on {h['cpu']}, {h['nproc']} cores, jax "
         f"{h['jax_version']}, torch {r['torch']}, {r['date_utc'][:16].replace('T', ' ')} UTC; "
-        f"batch {r['batch']} of 28×28×1, {r['params']:,} parameters in both; median of "
-        f"alternated updates (forward + backward + AdamW).",
+        f"batch {r['batch']} of 28×28×1, {r['params']:,} parameters in each model; median of "
+        f"alternated updates (forward + backward + AdamW); ratios in the column order.",
         "",
-        "| jssl's XLA:CPU flag | malloc (both) | Flax + optax | PyTorch 1 thread "
-        "| PyTorch 2 threads | Flax / best PyTorch | 1-minute load |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| jssl's XLA:CPU flag | malloc (all) | Flax layers | Flax + jssl GroupNorm "
+        "| jssl Conv + GroupNorm | PyTorch 1 thread | PyTorch 2 threads "
+        "| each / best PyTorch | 1-minute load |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for label, x in runs:
         m = x["median_s"]
-        rows.append(f"| {label} | {_malloc(x.get('malloc', 'glibc'))} "
-                    f"| {m['jax'] * 1e3:.0f} ms | {m['torch_1t'] * 1e3:.0f} ms | "
-                    f"{m['torch_2t'] * 1e3:.0f} ms | {x['ratio']:.2f} | "
-                    f"{min(x['load_avg_1m'])}-{max(x['load_avg_1m'])} |")
+        best = m[x.get("best_torch", "torch_2t")]
+        flax_rows = [m.get(k) for k in ("jax", "jax_jssl_norm", "jax_jssl")]
+        cells = [f"{v * 1e3:.0f} ms" if v else "–" for v in flax_rows]
+        ratios = " / ".join(f"{v / best:.2f}" if v else "–" for v in flax_rows)
+        rows.append(f"| {label} | {_malloc(x.get('malloc', 'glibc'))} | {' | '.join(cells)} "
+                    f"| {m['torch_1t'] * 1e3:.0f} ms | {m['torch_2t'] * 1e3:.0f} ms "
+                    f"| {ratios} | {min(x['load_avg_1m'])}-{max(x['load_avg_1m'])} |")
     return "\n".join(rows)
 
 

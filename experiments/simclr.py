@@ -18,7 +18,9 @@ fashion_mnist  The quickstart: pretrain without labels on the 60 000 Fashion-MNI
                evaluation; linear probe 87.68 %, kNN 85.09 %, 1 % labels 79.22 %. Again
                with tcmalloc (the command restarts itself with it, jssl/cpu_malloc.py),
                idle machine: training 472 s, 8 min 44 s in all, the same 87.68 / 85.09 /
-               79.22 % (the allocator changes no number).
+               79.22 % (the allocator changes no number). Again with the ResNet's new
+               default conv_impl="fast" (phase input gradients, jssl/models/conv.py; load
+               ~1.9): training 463 s, 8 min 38 s in all; 88.04 / 85.12 / 79.43 %.
 fashion_mnist_tiny
                The first quickstart: the same with the ``tiny`` ResNet (widths 8-16-32-64:
                64-d features) for 2000 steps (8.5 epochs): ~1.4x faster per step, but its
