@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend import core as jax_core
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from sharded_check import make_mesh
@@ -151,11 +152,40 @@ def test_sync_batchnorm_shard_map_equals_global_batch(tiny):
     (dict(stem="resnet"), "stem='resnet'"), (dict(norm="layer"), "norm='layer'"),
     (dict(block="dense"), "block='dense'"), (dict(width=0), "width=0"),
     (dict(norm="group", num_groups=3), "num_groups=3"),
+    (dict(act="swish"), r"act='swish': use one of \['gelu', 'relu', 'silu'\]"),
 ])
 def test_bad_config_raises(kw, match):
     with pytest.raises(ValueError, match=match):
         jax.eval_shape(lambda: resnet("tiny", **kw).init(_key(),
                                                          jnp.zeros((1, 8, 8, 3)), train=False))
+
+
+@pytest.mark.parametrize("act, primitive", [("relu", "max"), ("silu", "logistic"),
+                                           ("gelu", "tanh")])
+def test_activation_is_applied_after_every_norm_and_residual_sum(act, primitive):
+    """``act`` swaps the nonlinearity only: same params; 9 activations in the tiny ResNet
+    (stem + 2 per basic block x 4 blocks), each the chosen function (SiLU: x·σ(x), GELU's
+    tanh approximation as nn.gelu)."""
+    x = _images((2, 8, 8, 1))
+    relu_model, model = resnet("tiny", stem="cifar"), resnet("tiny", stem="cifar", act=act)
+    variables = jax.eval_shape(lambda: model.init(_key(), x, train=False))
+    assert jax.tree.structure(variables) == jax.tree.structure(
+        jax.eval_shape(lambda: relu_model.init(_key(), x, train=False)))
+    jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables)
+
+    def count(eqns, name):
+        n = 0
+        for e in eqns:
+            n += e.primitive.name == name
+            for sub in jax_core.jaxprs_in_params(e.params):
+                n += count(sub.eqns, name)
+        return n
+
+    assert count(jaxpr.jaxpr.eqns, primitive) == 9
+    others = {"relu": "max", "silu": "logistic", "gelu": "tanh"}
+    for other, prim in others.items():
+        if other != act:
+            assert count(jaxpr.jaxpr.eqns, prim) == 0, (act, prim)
 
 
 def test_bad_preset_and_input_raise():

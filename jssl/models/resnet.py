@@ -38,6 +38,10 @@ Dtype = Any
 
 _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision kaiming
 
+# ``act``: ReLU as in the paper; SiLU / GELU are smooth (no kink at 0), which makes a float32
+# step a continuous function of rounding (the 1-vs-N-device tests use that, see tests/).
+ACTIVATIONS = {"relu": nn.relu, "silu": nn.silu, "gelu": nn.gelu}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(block="basic", stage_sizes=(1, 1, 1, 1), widths=(8, 16, 32, 64)),
     # tiny with a 256-wide last stage (4x4 maps at 28 px): 256-d features, 1.4-1.8x the step
@@ -88,6 +92,7 @@ class BasicBlock(nn.Module):
     zero_init_residual: bool = False
     dtype: Dtype = jnp.float32
     conv_impl: str = "fast"
+    act: Any = nn.relu
     expansion = 1
 
     @nn.compact
@@ -96,13 +101,13 @@ class BasicBlock(nn.Module):
                                  kernel_init=_CONV_INIT)
         s = (self.strides, self.strides)
         y = conv(self.features, (3, 3), s, padding=((1, 1), (1, 1)), name="conv1")(x)
-        y = nn.relu(self.make_norm(self.features, name="norm1")(y))
+        y = self.act(self.make_norm(self.features, name="norm1")(y))
         y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
         y = self.make_norm(self.features, zero_init=self.zero_init_residual, name="norm2")(y)
         if x.shape[-1] != self.features or self.strides != 1:
             x = conv(self.features, (1, 1), s, name="proj_conv")(x)
             x = self.make_norm(self.features, name="proj_norm")(x)
-        return nn.relu(x + y)
+        return self.act(x + y)
 
 
 class Bottleneck(nn.Module):
@@ -114,6 +119,7 @@ class Bottleneck(nn.Module):
     zero_init_residual: bool = False
     dtype: Dtype = jnp.float32
     conv_impl: str = "fast"
+    act: Any = nn.relu
     expansion = 4
 
     @nn.compact
@@ -123,15 +129,15 @@ class Bottleneck(nn.Module):
         out = self.features * 4
         s = (self.strides, self.strides)
         y = conv(self.features, (1, 1), name="conv1")(x)
-        y = nn.relu(self.make_norm(self.features, name="norm1")(y))
+        y = self.act(self.make_norm(self.features, name="norm1")(y))
         y = conv(self.features, (3, 3), s, padding=((1, 1), (1, 1)), name="conv2")(y)
-        y = nn.relu(self.make_norm(self.features, name="norm2")(y))
+        y = self.act(self.make_norm(self.features, name="norm2")(y))
         y = conv(out, (1, 1), name="conv3")(y)
         y = self.make_norm(out, zero_init=self.zero_init_residual, name="norm3")(y)
         if x.shape[-1] != out or self.strides != 1:
             x = conv(out, (1, 1), s, name="proj_conv")(x)
             x = self.make_norm(out, name="proj_norm")(x)
-        return nn.relu(x + y)
+        return self.act(x + y)
 
 
 def space_to_depth(x: jnp.ndarray, block: int) -> jnp.ndarray:
@@ -158,6 +164,7 @@ class ResNet(nn.Module):
       zero_init_residual: zero-init the last norm scale of each block (Goyal et al. 2017).
       return_feature_map: also return the last feature map ``[B, H', W', C]``.
       dtype: computation dtype (params stay float32).
+      act: ``"relu"`` (the default, as the paper), ``"silu"`` or ``"gelu"``.
       conv_impl: ``"fast"`` (the default: ``jssl.models.conv.Conv``, ``nn.Conv``'s params
         and result, with a phase-decomposed input gradient for strided CPU layers),
         ``"fast_chunked_dw"`` (also a chunked kernel gradient on high-resolution CPU layers)
@@ -179,6 +186,7 @@ class ResNet(nn.Module):
     return_feature_map: bool = False
     dtype: Dtype = jnp.float32
     conv_impl: str = "fast"
+    act: str = "relu"
 
     def _check(self, x: jnp.ndarray) -> None:
         if self.block not in ("basic", "bottleneck"):
@@ -188,6 +196,8 @@ class ResNet(nn.Module):
         if self.stem == "s2d" and (x.shape[1] % 2 or x.shape[2] % 2):
             raise ValueError(f"stem='s2d' needs even image sides, got {x.shape[1:3]}; "
                              f"resize to an even size or use stem='cifar'")
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"act={self.act!r}: use one of {sorted(ACTIVATIONS)}")
         if self.norm not in ("batch", "group"):
             raise ValueError(f"norm={self.norm!r}: use 'batch' or 'group'")
         if len(self.stage_sizes) != len(self.widths) or not self.stage_sizes:
@@ -215,26 +225,27 @@ class ResNet(nn.Module):
                                   momentum=self.bn_momentum, num_groups=self.num_groups,
                                   dtype=self.dtype)
         x = x.astype(self.dtype)
-        conv = conv_class(self.conv_impl)
+        conv, act = conv_class(self.conv_impl), ACTIVATIONS[self.act]
         w0 = self.widths[0] * self.width
         if self.stem == "imagenet":
             x = conv(w0, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
                      dtype=self.dtype, kernel_init=_CONV_INIT, name="stem_conv")(x)
-            x = nn.relu(make_norm(w0, name="stem_norm")(x))
+            x = act(make_norm(w0, name="stem_norm")(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         else:
             if self.stem == "s2d":
                 x = space_to_depth(x, 2)
             x = conv(w0, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
                      kernel_init=_CONV_INIT, name="stem_conv")(x)
-            x = nn.relu(make_norm(w0, name="stem_norm")(x))
+            x = act(make_norm(w0, name="stem_norm")(x))
         block_cls = BasicBlock if self.block == "basic" else Bottleneck
         for i, (n_blocks, w) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             for j in range(n_blocks):
                 strides = 2 if (i > 0 and j == 0) else 1
                 x = block_cls(w * self.width, strides=strides, make_norm=make_norm,
                               zero_init_residual=self.zero_init_residual, dtype=self.dtype,
-                              conv_impl=self.conv_impl, name=f"stage{i + 1}_block{j + 1}")(x)
+                              conv_impl=self.conv_impl, act=act,
+                              name=f"stage{i + 1}_block{j + 1}")(x)
         pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
         if self.return_feature_map:
             return pooled, x
