@@ -13,6 +13,10 @@ from jssl.models.vq_tokenizer import VQTokenizer
 from jssl.train.checkpoint import Checkpointer
 from jssl.train.run import run
 
+# One xdist worker runs this module, so its module-scoped fixtures (compiled train steps)
+# are built once, not once per worker (`pytest -n 2 --dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("beit")
+
 
 def _batch(n: int = 16) -> dict:
     rng = np.random.default_rng(0)

@@ -24,6 +24,10 @@ from jssl.data.pipeline import (
     make_source,
 )
 
+# One xdist worker runs this module, so its module-scoped fixtures (compiled train steps)
+# are built once, not once per worker (`pytest -n 2 --dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("data_tfds")
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -11,6 +11,10 @@ from jssl.evaluate.knn import knn_accuracy, knn_predict
 from jssl.evaluate.linear import _fit, _zeros, balanced_subset, linear_probe
 from jssl.evaluate.report import Result, format_table, read_results, write_results
 
+# One xdist worker runs this module, so its module-scoped fixtures (compiled train steps)
+# are built once, not once per worker (`pytest -n 2 --dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("evaluate")
+
 
 def knn_reference(train, train_y, test, k, temperature, num_classes):
     """Brute-force weighted kNN in float64 NumPy (Wu et al. 2018 / solo-learn)."""

@@ -13,6 +13,10 @@ from jssl.methods.ijepa import linear_tau, smooth_l1
 from jssl.models.ijepa import Predictor
 from jssl.models.vit import vit
 
+# One xdist worker runs this module, so its module-scoped fixtures (compiled train steps)
+# are built once, not once per worker (`pytest -n 2 --dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("ijepa")
+
 GRID = (7, 7)
 
 

@@ -24,6 +24,10 @@ from jssl.evaluate.zero_shot import (
 from jssl.train.mesh import make_mesh
 from jssl.train.run import run
 
+# One xdist worker runs this module, so its module-scoped fixtures (compiled train steps)
+# are built once, not once per worker (`pytest -n 2 --dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("image_text")
+
 N = 16  # the tiny presets' global batch
 
 

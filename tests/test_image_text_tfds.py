@@ -22,6 +22,10 @@ from jssl.evaluate.zero_shot import caption_retrieval_results, text_embeddings
 from jssl.train.mesh import make_mesh
 from jssl.train.run import run
 
+# One xdist worker runs this module, so its module-scoped fixtures (compiled train steps)
+# are built once, not once per worker (`pytest -n 2 --dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("image_text_tfds")
+
 WORDS = ("red green blue small large old young cat dog bird car tree boat "
          "sits runs flies waits near under beside the grass road water house").split()
 VOCAB = 48

@@ -16,6 +16,10 @@ from jssl.methods import get_method
 from jssl.methods.ema import cosine_tau, ema_update
 from jssl.train.mesh import make_mesh
 
+# One xdist worker runs this module, so its module-scoped fixtures (compiled train steps)
+# are built once, not once per worker (`pytest -n 2 --dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("methods_byol_moco")
+
 N = 16  # the tiny presets' global batch
 
 

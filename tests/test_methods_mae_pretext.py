@@ -14,6 +14,10 @@ from jssl.augment.pretext import CONTEXT_OFFSETS, ab_bin_centers
 from jssl.methods import get_method
 from jssl.train.mesh import make_mesh
 
+# One xdist worker runs this module, so its module-scoped fixtures (compiled train steps)
+# are built once, not once per worker (`pytest -n 2 --dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("methods_mae_pretext")
+
 N = 16  # the tiny presets' global batch
 KEY = jax.random.key(7)
 

@@ -21,6 +21,10 @@ from jssl.train.mesh import make_mesh
 from jssl.train.optim import make_optimizer
 from jssl.train.state import batch_spec
 
+# One xdist worker runs this module, so its module-scoped fixtures (compiled train steps)
+# are built once, not once per worker (`pytest -n 2 --dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("methods_mocov3_dino")
+
 N = 16  # the tiny presets' global batch
 
 

@@ -6,6 +6,10 @@ import pytest
 
 from jssl.models import wav2vec2 as w2v
 
+# One xdist worker runs this module, so its module-scoped fixtures (compiled train steps)
+# are built once, not once per worker (`pytest -n 2 --dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("models_wav2vec2")
+
 SAMPLES = 1000  # tiny conv stack: 49 frames
 # Tests check values, not speed: unoptimised XLA code compiles ~3x faster on CPU.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}

@@ -21,6 +21,10 @@ from jssl.methods import get_method
 from jssl.train.mesh import make_mesh
 from jssl.train.run import run
 
+# One xdist worker runs this module, so its module-scoped fixtures (compiled train steps)
+# are built once, not once per worker (`pytest -n 2 --dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("speech")
+
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                   reason="Debian espeak-ng not installed")
 EXPERIMENT = ROOT / "experiments" / "wav2vec2.py"

@@ -20,6 +20,10 @@ from jssl.train.checkpoint import Checkpointer
 from jssl.train.loop import train
 from jssl.train.run import run
 
+# One xdist worker runs this module, so its module-scoped fixtures (compiled train steps)
+# are built once, not once per worker (`pytest -n 2 --dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("supervised")
+
 
 def test_loader_reads_exactly_the_class_balanced_labelled_subset(tmp_path):
     config = tiny_config(tmp_path, "supervised", **{"data.label_fraction": 0.5})

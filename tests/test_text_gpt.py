@@ -18,8 +18,11 @@ from jssl.methods.gpt import generate_text
 from jssl.train.loop import train
 from jssl.train.run import run
 
-pytestmark = pytest.mark.skipif(not Path(f.DEFAULT_ROOT).is_dir(),
-                                reason="Debian fortunes not installed")
+# One xdist worker runs this module, so its module-scoped fixtures (compiled train steps)
+# are built once, not once per worker (`pytest -n 2 --dist loadgroup`).
+pytestmark = [pytest.mark.xdist_group("text_gpt"),
+              pytest.mark.skipif(not Path(f.DEFAULT_ROOT).is_dir(),
+                                 reason="Debian fortunes not installed")]
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,11 @@ from test_engine import ROOT, _build, _one_step, _prepared, assert_same_step, lo
 from jssl.data import fortunes as f
 from jssl.train.run import run
 
-pytestmark = pytest.mark.skipif(not Path(f.DEFAULT_ROOT).is_dir(),
-                                reason="Debian fortunes not installed")
+# One xdist worker runs this module, so its module-scoped fixtures (compiled train steps)
+# are built once, not once per worker (`pytest -n 2 --dist loadgroup`).
+pytestmark = [pytest.mark.xdist_group("text_methods"),
+              pytest.mark.skipif(not Path(f.DEFAULT_ROOT).is_dir(),
+                                 reason="Debian fortunes not installed")]
 
 
 def text_config(cache: Path, experiment: str):

@@ -23,8 +23,11 @@ from jssl.methods.word2vec import keep_probability, skipgram_pairs, subsample
 from jssl.train.mesh import make_mesh
 from jssl.train.run import run
 
-pytestmark = pytest.mark.skipif(not Path(f.DEFAULT_ROOT).is_dir(),
-                                reason="Debian fortunes not installed")
+# One xdist worker runs this module, so its module-scoped fixtures (compiled train steps)
+# are built once, not once per worker (`pytest -n 2 --dist loadgroup`).
+pytestmark = [pytest.mark.xdist_group("word2vec"),
+              pytest.mark.skipif(not Path(f.DEFAULT_ROOT).is_dir(),
+                                 reason="Debian fortunes not installed")]
 
 
 def _method(config):
