@@ -72,7 +72,8 @@ def results(r: dict) -> str:
     """bench/compare.py: jssl's CPU train steps (per conv implementation) vs PyTorch."""
     loads = [x for p in r["results"] for x in p.get("load_avg_1m", [])]
     rows = [
-        f"Measured by `{r['command']}` on {r['nproc']} cores, {r['backend']}, jax {r['jax']}, "
+        f"Measured by `{r['command']}` on {r['nproc']} cores"
+        + (f" of an {r['cpu']}" if r.get("cpu") else "") + f", {r['backend']}, jax {r['jax']}, "
         f"torch {r['torch']}, "
         f"{r['date_utc'][:16].replace('T', ' ')} UTC; 1-minute load average "
         f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f} during the timed "
@@ -304,7 +305,10 @@ RENDERERS: dict[str, Callable[[dict], str]] = {"cpu_malloc": cpu_malloc,
                                                "results": results, "conv_layers": conv_layers,
                                                "gpu_mfu": gpu_mfu, "steps_gpu": steps_gpu,
                                                "loader": loader, "xla_cpu_flag": xla_cpu_flag,
-                                               "gn_convnet": gn_convnet}
+                                               "gn_convnet": gn_convnet,
+                                               # the same benchmarks on a second machine
+                                               "results_xeon": results,
+                                               "xla_cpu_flag_xeon": xla_cpu_flag}
 
 
 def render(doc: Path) -> bool:
