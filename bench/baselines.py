@@ -60,12 +60,19 @@ def load(data_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def hardware() -> dict[str, object]:
-    """CPU model (from /proc/cpuinfo), usable cores, jax backend and versions."""
+    """CPU model (from /proc/cpuinfo) with its widest x86 vector extension
+    (``"Intel(R) Xeon(R) Processor, AVX-512"``: XLA's and PyTorch's CPU kernels differ most
+    between AVX2 and AVX-512 machines), usable cores, jax backend and versions."""
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as f:
-            models = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+            lines = f.read().splitlines()
+        models = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+        flags = next((set(ln.split(":", 1)[1].split()) for ln in lines
+                      if ln.startswith("flags")), set())
         cpu = models[0] if models else cpu
+        isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+        cpu = f"{cpu}, {isa}" if isa else cpu
     except OSError:
         pass
     return {

@@ -50,7 +50,8 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.steps import cpu_description, load_config  # noqa: E402
+from bench.baselines import hardware  # noqa: E402
+from bench.steps import load_config  # noqa: E402
 from jssl.data.inputs import train_loader  # noqa: E402
 from jssl.data.pipeline import to_global_batch  # noqa: E402
 from jssl.methods import get_method  # noqa: E402
@@ -233,7 +234,7 @@ def main() -> None:
             f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "backend": jax.default_backend(), "jax": jax.__version__, "torch": torch.__version__,
-        "nproc": os.cpu_count(), "cpu": cpu_description(),
+        "nproc": os.cpu_count(), "cpu": hardware()["cpu"],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "malloc": os.environ.get("LD_PRELOAD") or "glibc", "results": results,
     }

@@ -42,27 +42,6 @@ PRESETS = ("simclr:fashion_mnist", "byol:fashion_mnist", "mae:fashion_mnist", "b
            "clip:fashion_mnist")
 
 
-def cpu_description() -> str:
-    """This host's CPU as ``/proc/cpuinfo`` names it, with its widest x86 vector extension
-    (``"Intel(R) Xeon(R) Processor, AVX-512"``): XLA's and PyTorch's CPU kernels differ
-    most between AVX2 and AVX-512 machines, so every CPU figure records it."""
-    name, flags = "", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not name:
-                name = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    import platform
-
-    name = name or platform.processor() or platform.machine() or "unknown CPU"
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
-    return f"{name}, {isa}" if isa else name
-
-
 def load_config(spec: str):
     name, preset = spec.split(":")
     path = ROOT / "experiments" / f"{name}.py"
