@@ -246,6 +246,27 @@ def xla_cpu_flag(r: dict) -> str:
     return "\n".join(rows)
 
 
+def gelu(r: dict) -> str:
+    """bench/gelu.py: jssl's erf GELU against jax.nn.gelu's erfc form, in one process."""
+    h = r["hardware"]
+    rows = [f"Measured by `{r['command']}` on {h['cpu']}, {h['nproc']} cores, jax {r['jax']}, "
+            f"{r['date_utc'][:16].replace('T', ' ')} UTC, malloc {_malloc(r['malloc'])}. One "
+            f"process; the two forms alternate, median of each. Update = forward + backward + "
+            f"optimizer of the preset; GELU alone on a [4352, 512] float32 array.",
+            "",
+            "| what | erf (jssl) | erfc (`jax.nn.gelu`) | erf / erfc |",
+            "|---|---:|---:|---:|"]
+    for part, x in r["alone"].items():
+        m = x["median_s"]
+        rows.append(f"| GELU alone, {part} | {m['erf'] * 1e3:.2f} ms | {m['erfc'] * 1e3:.2f} ms "
+                    f"| {x['ratio_erf_erfc']:.2f} |")
+    for x in r["results"]:
+        m = x["median_s"]
+        rows.append(f"| {x['preset']} update (load {x['load']}) | {m['erf'] * 1e3:.0f} ms "
+                    f"| {m['erfc'] * 1e3:.0f} ms | {x['ratio_erf_erfc']:.3f} |")
+    return "\n".join(rows)
+
+
 def gn_convnet(r: dict) -> str:
     """bench/gn_convnet.py: the issue's GroupNorm CNN, with jssl's flag and tcmalloc (and,
     if recorded, with glibc's malloc in bench/gn_convnet_glibc.json and without the flag in
@@ -305,7 +326,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {"cpu_malloc": cpu_malloc,
                                                "results": results, "conv_layers": conv_layers,
                                                "gpu_mfu": gpu_mfu, "steps_gpu": steps_gpu,
                                                "loader": loader, "xla_cpu_flag": xla_cpu_flag,
-                                               "gn_convnet": gn_convnet,
+                                               "gn_convnet": gn_convnet, "gelu": gelu,
                                                # the same benchmarks on a second machine
                                                "results_xeon": results,
                                                "xla_cpu_flag_xeon": xla_cpu_flag}

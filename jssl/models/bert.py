@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jssl.models.activations import gelu
 from jssl.models.transformer import BlockConfig, TokenEmbedding, TransformerStack, make_padding_mask
 
 Array = jax.Array
@@ -92,7 +93,7 @@ class BERT(nn.Module):
             h = jnp.take_along_axis(hidden, mlm_positions[..., None].astype(jnp.int32), axis=1)
         h = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=init, name="mlm_dense")(h)
         h = nn.LayerNorm(epsilon=1e-12, dtype=self.dtype, name="mlm_norm")(
-            jax.nn.gelu(h, approximate=False))
+            gelu(h))
         mlm_bias = self.param("mlm_bias", nn.initializers.zeros, (self.vocab_size,), jnp.float32)
         out = {"hidden": hidden, "pooled": pooled, "mlm_logits": embed.attend(h) + mlm_bias}
         if self.use_nsp:

@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jssl.models.activations import gelu
+
 Dtype = Any
 
 LAST_LAYER = "last_layer"
@@ -148,7 +150,7 @@ class DINOHead(nn.Module):
                          name=f"linear{i}")(x)
             if self.use_bn:
                 x = _bn(train, self.axis_name, self.dtype, 0.9, name=f"bn{i}")(x)
-            x = nn.gelu(x, approximate=False)
+            x = gelu(x)
         x = nn.Dense(self.bottleneck_dim, dtype=self.dtype, kernel_init=init,
                      name=f"linear{self.num_layers - 1}")(x)
         x = x.astype(jnp.float32)

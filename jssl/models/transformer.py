@@ -17,11 +17,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jssl.models.activations import gelu
+
 Array = jax.Array
 Dtype = Any
 
 _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu": gelu,
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
 }

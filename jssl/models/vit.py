@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jssl.models.activations import gelu
+
 Dtype = Any
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -191,7 +193,7 @@ class Mlp(nn.Module):
     def __call__(self, x: jnp.ndarray, *, deterministic: bool) -> jnp.ndarray:
         d = x.shape[-1]
         x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=_DENSE_INIT, name="fc1")(x)
-        x = nn.gelu(x, approximate=False)
+        x = gelu(x)
         x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
         x = nn.Dense(d, dtype=self.dtype, kernel_init=_DENSE_INIT, name="fc2")(x)
         return nn.Dropout(self.dropout)(x, deterministic=deterministic)

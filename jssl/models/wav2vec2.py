@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jssl.models.activations import gelu
 from jssl.models.transformer import BlockConfig, TransformerStack
 
 Array = jax.Array
@@ -86,7 +87,7 @@ class FeatureEncoder(nn.Module):
             elif i == 0:  # per-channel normalisation over time (GroupNorm(C, C))
                 x = nn.GroupNorm(num_groups=channels, epsilon=1e-5, dtype=self.dtype,
                                  name="norm_0")(x)
-            x = jax.nn.gelu(x, approximate=False)
+            x = gelu(x)
         return x
 
 
@@ -176,7 +177,7 @@ class PositionalConv(nn.Module):
                           name="weight_norm")(x)  # no dtype: it would store a bf16 kernel
         if self.kernel % 2 == 0:
             y = y[:, :-1]
-        return jax.nn.gelu(y, approximate=False)
+        return gelu(y)
 
 
 class Wav2Vec2(nn.Module):

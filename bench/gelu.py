@@ -1,0 +1,125 @@
+"""Benchmark: jssl's exact GELU (erf form) against ``jax.nn.gelu(approximate=False)`` (erfc
+form) in the CPU presets that use it, and alone.
+
+    .venv/bin/python bench/gelu.py
+    .venv/bin/python bench/gelu.py --only mae:fashion_mnist --repeats 21
+
+Both forms compute x·Φ(x) (``jssl.models.activations``). In one process, per preset, the
+update is built twice as ``bench/compare.py`` builds it: with jssl's GELU, and with the
+``gelu`` name in every jssl model module pointed at the erfc form. The two updates then
+alternate, the order flipping every repeat, so machine load hits both; each gets the median
+of ``--repeats`` timings, the ratio is erf / erfc (< 1: jssl's form is faster). The GELU
+alone (forward, and forward + backward) on a [4352, 512] float32 array (MAE's decoder MLP
+at batch 256) is timed the same way. Writes ``bench/gelu.json`` (rendered by
+``python bench/render.py`` into docs/performance.md). Runs under tcmalloc, as jssl's CLI.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESETS = ("mae:fashion_mnist", "bert:fortunes", "clip:fashion_mnist")
+#: every jssl module that binds the name ``gelu`` (and the transformer's activation table)
+MODULES = ("jssl.models.transformer", "jssl.models.bert", "jssl.models.heads",
+           "jssl.models.vit", "jssl.models.wav2vec2")
+
+
+def _erfc_gelu(x):
+    import jax
+
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _use(fn) -> None:
+    """Point every jssl model module's ``gelu`` at ``fn`` (the next build traces it)."""
+    import importlib
+
+    for name in MODULES:
+        module = importlib.import_module(name)
+        module.gelu = fn
+        if hasattr(module, "_ACTIVATIONS"):
+            module._ACTIVATIONS["gelu"] = fn
+
+
+def _alternate(runs: dict, repeats: int, timed) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for i in range(repeats):
+        for k in (list(runs) if i % 2 == 0 else list(runs)[::-1]):
+            times[k].append(timed(runs[k]))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(PRESETS), help="comma-separated name:preset")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    args = parser.parse_args()
+    if args.repeats < 5:
+        parser.error(f"need --repeats >= 5, got {args.repeats}")
+    sys.path.insert(0, str(ROOT))
+    import jax
+    import jax.numpy as jnp
+
+    from bench.baselines import hardware
+    from bench.compare import _jssl_update, _timed
+    from bench.steps import load_config
+    from jssl.models.activations import gelu
+
+    forms = {"erf": gelu, "erfc": _erfc_gelu}
+    x = jax.random.normal(jax.random.key(0), (4352, 512), jnp.float32) * 2
+    alone = {}
+    for part, wrap in (("forward", lambda f: f),
+                       ("forward+backward", lambda f: jax.grad(lambda x: jnp.sum(f(x) * x)))):
+        fns = {k: jax.jit(wrap(f)) for k, f in forms.items()}
+        for f in fns.values():
+            f(x).block_until_ready()
+
+        def timed(f):
+            t = time.perf_counter()
+            f(x).block_until_ready()
+            return time.perf_counter() - t
+
+        med = _alternate(fns, 5 * args.repeats, timed)
+        alone[part] = {"median_s": med, "ratio_erf_erfc": round(med["erf"] / med["erfc"], 3)}
+        print(f"gelu alone, {part}: erf {med['erf'] * 1e3:.2f} ms, erfc "
+              f"{med['erfc'] * 1e3:.2f} ms", flush=True)
+    results = []
+    for spec in args.only.split(","):
+        runs = {}
+        for form, fn in forms.items():
+            _use(fn)
+            runs[form] = _jssl_update(load_config(spec), 5)["run"]
+            runs[form](), runs[form]()
+        _use(gelu)
+        med = _alternate(runs, args.repeats, _timed)
+        row = {"preset": spec, "median_s": med,
+               "ratio_erf_erfc": round(med["erf"] / med["erfc"], 3),
+               "load": round(os.getloadavg()[0], 2)}
+        print(f"{spec:22s} update: erf {med['erf'] * 1e3:.0f} ms, erfc {med['erfc'] * 1e3:.0f} ms"
+              f": {row['ratio_erf_erfc']:.3f} (load {row['load']})", flush=True)
+        results.append(row)
+    report = {
+        "command": "python bench/gelu.py " + " ".join(
+            f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "hardware": hardware(), "jax": jax.__version__,
+        "malloc": os.environ.get("LD_PRELOAD") or "glibc", "alone": alone, "results": results,
+    }
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    from jssl.cpu_malloc import maybe_reexec
+
+    maybe_reexec()  # jssl's CLI runs with tcmalloc on CPU; so do the updates here
+    main()
