@@ -242,3 +242,42 @@ def test_label_efficiency_backbone_with_more_label_fractions_comes_first():
 def test_recorded_results_md_is_up_to_date():
     """docs/RESULTS.md equals what `jssl results` generates from docs/results/*.json."""
     assert results_doc.main(check=True) == 0
+
+
+def test_label_efficiency_distillation_curve_follows_the_teacher_chain():
+    """A distilled student's number sits at its teacher's label fraction, on a curve named
+    after the SSL run its teacher was fine-tuned from (the best SSL run's chain preferred);
+    a distilled run is not an SSL run (never the "best probe")."""
+    runs = [
+        _run_record("ssl_best", "simclr", "resnet w",
+                    [{"kind": "linear", "label_fraction": 0.01, "accuracy": 0.80},
+                     {"kind": "linear", "label_fraction": 1.0, "accuracy": 0.88}]),
+        _run_record("ssl_other", "byol", "resnet w",
+                    [{"kind": "linear", "label_fraction": 1.0, "accuracy": 0.70}]),
+        _run_record("scratch_1", "supervised", "resnet w",
+                    [{"kind": "scratch", "label_fraction": 0.01, "accuracy": 0.75}], 0.01),
+        _run_record("ft_best", "supervised", "resnet w",
+                    [{"kind": "finetune", "label_fraction": 0.01, "accuracy": 0.81}], 0.01,
+                    init_from="runs/ssl_best"),
+        _run_record("ft_other", "supervised", "resnet w",
+                    [{"kind": "finetune", "label_fraction": 0.01, "accuracy": 0.77}], 0.01,
+                    init_from="runs/ssl_other"),
+        # The student's own linear probe is higher than every SSL run's: still not "best".
+        {**_run_record("student_other", "distill", "resnet w",
+                       [{"kind": "distill", "label_fraction": 0.01, "accuracy": 0.90},
+                        {"kind": "linear", "label_fraction": 1.0, "accuracy": 0.99}]),
+         "teacher_from": "runs/ft_other/"},
+    ]
+    curves = results_doc.label_efficiency(runs, {})
+    assert curves["ssl_best + linear probe"] == {0.01: 0.80, 1.0: 0.88}
+    assert curves["ssl_other + fine-tuning + distillation"] == {0.01: 0.90}
+    student = {**_run_record("student_best", "distill", "resnet w",
+                             [{"kind": "distill", "label_fraction": 0.01, "accuracy": 0.85}]),
+               "teacher_from": "runs/ft_best"}
+    curves = results_doc.label_efficiency([*runs, student], {})
+    assert list(curves) == ["ssl_best + linear probe", "ssl_best + fine-tuning",
+                            "ssl_best + fine-tuning + distillation", "supervised from scratch"]
+    assert curves["ssl_best + fine-tuning + distillation"] == {0.01: 0.85}
+    row = results_doc.runs_table([student], {}).splitlines()[-1]
+    assert row.startswith("| student_best | distill, 1% labels (the teacher's) | resnet w |")
+    assert "| 85.00 | – |" in row  # the student's own classifier

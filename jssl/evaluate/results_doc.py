@@ -53,7 +53,9 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
-STANDARD = ("linear", "knn", "scratch", "finetune")
+STANDARD = ("linear", "knn", "scratch", "finetune", "distill")
+#: methods trained with labels (the rest are SSL runs)
+LABELLED = ("supervised", "distill")
 
 
 def _load(run: dict) -> str:
@@ -113,7 +115,12 @@ def speech_table(runs: list[dict]) -> str:
 
 
 def _is_ssl(run: dict) -> bool:
-    return run["method"] != "supervised"
+    return run["method"] not in LABELLED
+
+
+def _distilled(run: dict) -> dict | None:
+    """The distilled student's own result (its label fraction is the teacher's)."""
+    return next((r for r in run.get("results", []) if r.get("kind") == "distill"), None)
 
 
 def runs_table(runs: list[dict], baselines: dict) -> str:
@@ -124,6 +131,9 @@ def runs_table(runs: list[dict], baselines: dict) -> str:
         own = _find(run, "finetune", run.get("label_fraction", 1.0)) or _find(
             run, "scratch", run.get("label_fraction", 1.0))
         labels = "" if _is_ssl(run) else f", {run.get('label_fraction', 1.0):.0%} labels"
+        if distilled := _distilled(run):
+            own = distilled["accuracy"]
+            labels = f", {distilled['label_fraction']:.0%} labels (the teacher's)"
         other = "; ".join(f"{r['protocol']} {_value(r)}" for r in run.get("results", [])
                           if r.get("kind") not in STANDARD) or "–"
         rows.append(
@@ -188,17 +198,43 @@ def label_efficiency(runs: list[dict], baselines: dict,
 
     on_same = [r for r in runs if r["method"] == "supervised" and r["backbone"] == same]
     finetuned = [r for r in on_same if _init_name(r)]
+    distilled = _distillation_curve(runs, same, finetuned, best and best["config"])
     if best is not None and any(_init_name(r) == best["config"] for r in finetuned):
         finetuned = [r for r in finetuned if _init_name(r) == best["config"]]
     if points := _best_per_fraction(finetuned, "finetune"):  # named after its init run(s)
         sources = " / ".join(sorted({_init_name(r) for r in finetuned}))
         curves[f"{sources} + fine-tuning"] = points
+    curves.update(distilled)
     if points := _best_per_fraction(on_same, "scratch"):
         curves["supervised from scratch"] = points
     raw = {f: baselines[("linear", f)] for f in FRACTIONS if ("linear", f) in baselines}
     if raw:
         curves["raw pixels + logistic regression"] = raw
     return curves
+
+
+def _distillation_curve(runs: list[dict], backbone: str | None, finetuned: list[dict],
+                        prefer: str | None) -> dict[str, dict[float, float]]:
+    """{"<SSL run> + fine-tuning + distillation": {fraction: accuracy}} of the distilled
+    students on ``backbone`` whose teachers are recorded fine-tuning runs (``finetuned``),
+    best per label fraction; only those whose teacher started from the SSL run ``prefer``
+    when there are any; empty if there are none."""
+    teachers = {r["config"]: _init_name(r) for r in finetuned}
+    students = [(r, teachers[t]) for r in runs if r["method"] == "distill"
+                and r["backbone"] == backbone
+                and (t := Path(str(r.get("teacher_from") or "").rstrip("/")).name) in teachers]
+    if any(source == prefer for _, source in students):
+        students = [(r, source) for r, source in students if source == prefer]
+    points: dict[float, float] = {}
+    sources = set()
+    for r, source in students:
+        if (own := _distilled(r)) is not None:
+            f = own["label_fraction"]
+            points[f] = max(own["accuracy"], points.get(f, 0.0))
+            sources.add(source)
+    if not points:
+        return {}
+    return {f"{' / '.join(sorted(sources))} + fine-tuning + distillation": points}
 
 
 def label_efficiency_table(curves: dict[str, dict[float, float]]) -> str:

@@ -138,3 +138,35 @@ def dino_update_center(
     batch_center = jax.lax.stop_gradient(psum(local_sum, axis_name) / count)
     new = momentum * as_f32(center) + (1.0 - momentum) * batch_center.reshape(jnp.shape(center))
     return new.astype(center.dtype)
+
+
+def knowledge_distillation(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    temperature: float = 1.0,
+    *,
+    axis_name: AxisName = None,
+) -> jax.Array:
+    """Distillation cross-entropy from a fixed teacher's class probabilities (Hinton et al.
+    2015; SimCLRv2's self-distillation on unlabelled images, Chen et al. 2020b, eq. 2).
+
+        l_b = −Σ_k P^T_bk · log P^S_bk,   P^T = softmax(sg(t)/τ),  P^S = softmax(s/τ)
+
+    No τ² factor (eq. 2 of SimCLRv2; with τ = 1, as there, the two conventions agree).
+    Reduction: mean over the (global) batch; all axes but the last are batch axes.
+
+    Args:
+      student_logits: [..., K] class scores of the network being trained.
+      teacher_logits: [..., K] the frozen teacher's scores for the same inputs
+        (stop-gradient applied here).
+      temperature: τ > 0 (1.0 in SimCLRv2).
+    """
+    check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    if student_logits.ndim < 2:
+        raise ValueError(f"student_logits must be [..., num_classes], got shape "
+                         f"{student_logits.shape}; pass one row of class scores per example")
+    check_positive("temperature", temperature, "use 1.0 as in SimCLRv2")
+    target = jax.nn.softmax(jax.lax.stop_gradient(as_f32(teacher_logits)) / temperature, -1)
+    log_p = jax.nn.log_softmax(as_f32(student_logits) / temperature, axis=-1)
+    per_example = -jnp.sum(target * log_p, axis=-1)
+    return global_mean(jnp.sum(per_example), per_example.size, axis_name)

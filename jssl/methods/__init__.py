@@ -9,6 +9,7 @@ REGISTRY = {
     "byol": "jssl.methods.byol:BYOL",
     "mocov2": "jssl.methods.mocov2:MoCoV2",
     "supervised": "jssl.methods.supervised:Supervised",
+    "distill": "jssl.methods.distill:Distill",
     "mocov3": "jssl.methods.mocov3:MoCoV3",
     "dino": "jssl.methods.dino:DINO",
     "mae": "jssl.methods.mae:MAE",

@@ -96,6 +96,12 @@ class Method(abc.ABC):
     def features(self, variables: Variables, extra: Any, images: jax.Array) -> jax.Array:
         """Frozen features [B, D] of float images in [0, 1], for evaluation."""
 
+    def load_frozen(self, state: Any) -> Any:
+        """The train state with networks taken from other runs put into ``state.extra`` (a
+        distillation teacher), before any checkpoint of this run is restored. Default:
+        unchanged."""
+        return state
+
     def freeze_patterns(self) -> dict[str, int]:
         """{param-path regex: steps} whose updates are zeroed for the first steps."""
         return {}

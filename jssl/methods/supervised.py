@@ -78,6 +78,13 @@ class Supervised(Method):
         h, _ = self.net.apply(variables, images, train=False)
         return h
 
+    def own_protocol(self) -> tuple[str, str, float]:
+        """(protocol, kind, label fraction) of the test accuracy of ``predict``."""
+        frac = float(self.config.data.get("label_fraction", 1.0))
+        if self.config.get("init_from"):
+            return f"fine-tuned ({frac:.0%} labels)", "finetune", frac
+        return f"supervised from scratch ({frac:.0%} labels)", "scratch", frac
+
     def predict(self, variables, extra, images):
         """Class logits [B, num_classes] of float images in [0, 1] (the model's own head)."""
         _, logits = self.net.apply(variables, images, train=False)

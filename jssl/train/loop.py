@@ -83,6 +83,7 @@ def train(config: Any, workdir: str | os.PathLike, *,
     state, shardings = create_state(method, tx, jax.random.key(config.seed), sample, mesh)
     if config.get("init_from"):  # fine-tuning: the encoder of another run
         state = load_pretrained_encoder(state, config.init_from)
+    state = method.load_frozen(state)  # e.g. a distillation teacher from another run
     step_fn = make_train_step(method, tx, mesh, shardings)
 
     ckpt_cfg = config.get("checkpoint", {})

@@ -31,32 +31,39 @@ def _field(saved: Any, name: str) -> Any:
     return saved[name] if isinstance(saved, Mapping) else getattr(saved, name)
 
 
+def copy_tree(current: Any, saved: Any, what: str, source: str,
+              flag: str = "config.init_from") -> Any:
+    """``saved`` in ``current``'s dtypes and shardings, after checking that both trees have
+    the same paths and shapes (errors name ``flag``, ``source`` and the first mismatch)."""
+    cur_paths = {jax.tree_util.keystr(p): x
+                 for p, x in jax.tree_util.tree_leaves_with_path(current)}
+    new_paths = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(saved)}
+    if cur_paths.keys() != new_paths.keys():
+        missing = sorted(cur_paths.keys() - new_paths.keys())[:3]
+        extra = sorted(new_paths.keys() - cur_paths.keys())[:3]
+        raise ValueError(f"{flag}={source!r}: the saved {what} do not match "
+                         f"config.model.encoder (missing {missing}, unexpected {extra}); use the "
+                         f"same encoder config as that run")
+    for path, x in cur_paths.items():
+        if tuple(np.shape(new_paths[path])) != tuple(x.shape):
+            raise ValueError(f"{flag}={source!r}: {what}{path} has shape "
+                             f"{np.shape(new_paths[path])}, the new model {x.shape}; use the "
+                             f"same encoder config as that run")
+
+    def put(path, x):
+        y = new_paths[jax.tree_util.keystr(path)]
+        return jax.device_put(np.asarray(jax.device_get(y), dtype=x.dtype), x.sharding)
+
+    return jax.tree_util.tree_map_with_path(put, current)
+
+
 def _replace_part(current: Any, saved: Any, what: str, source: str) -> Any:
     """``current`` with its ``PART`` subtree replaced by ``saved``'s, same shapes and shardings."""
     if not isinstance(saved, Mapping) or PART not in saved:
         raise ValueError(f"config.init_from={source!r}: its {what} have no {PART!r} entry "
                          f"(found {sorted(saved) if isinstance(saved, Mapping) else saved!r}); "
                          f"point it at a jssl run of a method with an encoder")
-    cur, new = current[PART], saved[PART]
-    cur_paths = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(cur)}
-    new_paths = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(new)}
-    if cur_paths.keys() != new_paths.keys():
-        missing = sorted(cur_paths.keys() - new_paths.keys())[:3]
-        extra = sorted(new_paths.keys() - cur_paths.keys())[:3]
-        raise ValueError(f"config.init_from={source!r}: the saved {what}[{PART!r}] do not match "
-                         f"config.model.encoder (missing {missing}, unexpected {extra}); use the "
-                         f"same encoder config as the pretraining run")
-    for path, x in cur_paths.items():
-        if tuple(np.shape(new_paths[path])) != tuple(x.shape):
-            raise ValueError(f"config.init_from={source!r}: {what}[{PART!r}]{path} has shape "
-                             f"{np.shape(new_paths[path])}, the new model {x.shape}; use the "
-                             f"same encoder config as the pretraining run")
-
-    def put(path, x):
-        y = new_paths[jax.tree_util.keystr(path)]
-        return jax.device_put(np.asarray(jax.device_get(y), dtype=x.dtype), x.sharding)
-
-    return {**current, PART: jax.tree_util.tree_map_with_path(put, cur)}
+    return {**current, PART: copy_tree(current[PART], saved[PART], f"{what}[{PART!r}]", source)}
 
 
 def restore_run(source: str, flag: str = "config.init_from",
@@ -75,6 +82,11 @@ def restore_run(source: str, flag: str = "config.init_from",
 def saved_params(restored: Any) -> Any:
     """``params`` of a restored checkpoint's state (a dict or a ``TrainState``)."""
     return _field(restored.state, "params")
+
+
+def saved_variables(restored: Any) -> Any:
+    """The non-param ``variables`` (BatchNorm statistics) of a restored checkpoint's state."""
+    return _field(restored.state, "variables")
 
 
 def load_pretrained_encoder(state: Any, source: str | os.PathLike) -> Any:

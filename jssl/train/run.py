@@ -83,10 +83,8 @@ def evaluate(config: Any, state, method, workdir: Path) -> tuple[list[dict], int
     if hasattr(method, "predict"):  # a supervised / fine-tuned model: its own classifier
         logits = extract_features(method, variables, state.extra, test_x, method.mesh,
                                   fn="predict")
-        frac = float(config.data.get("label_fraction", 1.0))
-        kind = "fine-tuned" if config.get("init_from") else "supervised from scratch"
-        results.append({"protocol": f"{kind} ({frac:.0%} labels)", "label_fraction": frac,
-                        "kind": "finetune" if config.get("init_from") else "scratch",
+        protocol, kind, frac = method.own_protocol()
+        results.append({"protocol": protocol, "label_fraction": frac, "kind": kind,
                         "accuracy": float(np.mean(np.argmax(logits, -1) == test_y))})
     for k in ev.knn_k:
         acc = knn_accuracy(f_train, train_y, f_test, test_y, num_classes=ev.num_classes, k=k,
@@ -110,6 +108,7 @@ def run(config: Any, workdir: str | os.PathLike, mode: str = "train_eval") -> di
                "dataset": config.data.name,
                "command": command_line(), "backbone": backbone(config),
                "init_from": config.get("init_from"),
+               "teacher_from": config.get("teacher_from"),
                "label_fraction": float(config.data.get("label_fraction", 1.0)),
                "steps": int(config.train.steps), "batch_size": int(config.train.batch_size),
                "train_wall_s": train_time, "hardware": hardware(),

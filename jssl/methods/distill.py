@@ -1,0 +1,105 @@
+"""Self-distillation on unlabelled images: SimCLRv2's third step (Chen et al. 2020b, §2).
+
+SimCLRv2 is "pretrain without labels → fine-tune on the labelled few → distill". The
+fine-tuned network becomes a fixed teacher that labels every training image, labelled or
+not, with its class probabilities, and a student with the same backbone is trained on them:
+
+    teacher:  f_T = the fine-tuned run in ``config.teacher_from`` (encoder + classifier,
+              BatchNorm in inference mode), frozen: it lives in the extra state, not in the
+              trained params, and its logits carry a stop-gradient
+    student:  f_S = the same EncoderClassifier; its encoder starts from ``config.init_from``
+              (the SSL run) when given, else from scratch; the classifier starts at zero
+    view(x) = random resized crop + flip (as fine-tuning), one view seen by both networks
+    loss    = mean over the global batch of  −Σ_k softmax(f_T(v)/τ)_k · log softmax(f_S(v)/τ)_k
+              (eq. 2; τ = ``loss.temperature``, 1 in the paper), over every training image;
+              the labels are not read
+
+The only labels used are the teacher's (its run's ``data.label_fraction``), so the student's
+own test accuracy is reported at that label fraction, next to fine-tuning and training from
+scratch with the same labels (``docs/RESULTS.md``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jssl import losses
+from jssl.augment.recipes import make_views
+from jssl.methods.supervised import Supervised
+from jssl.train.pretrained import copy_tree, restore_run, saved_params, saved_variables
+
+FLAG = "config.teacher_from"
+
+
+def teacher_label_fraction(teacher_from: str) -> float:
+    """``data.label_fraction`` in the teacher run's ``config.json`` (the labels it saw)."""
+    path = os.path.join(teacher_from, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{FLAG}={teacher_from!r} has no config.json; point it at the "
+                                f"workdir of a finished fine-tuning run (jssl train "
+                                f"--config=experiments/supervised.py:...)")
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    if saved.get("method") != "supervised":
+        raise ValueError(f"{FLAG}={teacher_from!r} is a {saved.get('method')!r} run; the teacher "
+                         f"must be a supervised or fine-tuned run (method 'supervised')")
+    return float(saved.get("data", {}).get("label_fraction", 1.0))
+
+
+class Distill(Supervised):
+    name = "distill"
+
+    def __init__(self, config: Any, mesh: jax.sharding.Mesh):
+        super().__init__(config, mesh)
+        source = config.get("teacher_from")
+        if not source:
+            raise ValueError(f"{FLAG}={source!r}: distillation needs a teacher; pass "
+                             f"--{FLAG}=WORKDIR of a fine-tuned run")
+        if float(config.data.get("label_fraction", 1.0)) != 1.0:
+            raise ValueError(f"config.data.label_fraction={config.data.label_fraction}: the "
+                             f"student learns from every training image (its labels are not "
+                             f"read); keep 1.0 and give the teacher the labelled fraction")
+        self.teacher_from = str(source)
+        self.teacher_fraction: float | None = None  # read from the teacher run in load_frozen
+        self.temperature = float(config.loss.get("temperature", 1.0))
+
+    def init(self, key, batch):
+        variables, _ = super().init(key, batch)
+        teacher = {"params": variables["params"], **{k: v for k, v in variables.items()
+                                                     if k != "params"}}
+        return variables, {"teacher": teacher}  # replaced by the real teacher in load_frozen
+
+    def prepare(self, batch, key):
+        (views,) = make_views(key, self.images(batch), [(self.view, self.out_size)])
+        return {"views": views}  # the labels stay behind: only the teacher's are used
+
+    def load_frozen(self, state: Any) -> Any:
+        self.teacher_fraction = teacher_label_fraction(self.teacher_from)
+        restored = restore_run(self.teacher_from, FLAG, "train the fine-tuned teacher first")
+        saved_vars = saved_variables(restored)
+        teacher = dict(state.extra["teacher"])
+        teacher["params"] = copy_tree(teacher["params"], saved_params(restored), "params",
+                                      self.teacher_from, FLAG)
+        for name in teacher:
+            if name != "params":
+                teacher[name] = copy_tree(teacher[name], saved_vars[name], name,
+                                          self.teacher_from, FLAG)
+        return state.replace(extra={**state.extra, "teacher": teacher})
+
+    def loss(self, params, variables, extra, batch, key, step):
+        views = batch["views"]
+        _, teacher_logits = self.net.apply(extra["teacher"], views, train=False)
+        (_, logits), new_vars = self.net.apply({**variables, "params": params}, views,
+                                               train=True, mutable=["batch_stats"])
+        loss = losses.knowledge_distillation(logits, teacher_logits, self.temperature)
+        agreement = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(teacher_logits, -1))
+        return loss, ({"teacher_agreement": agreement}, dict(new_vars))
+
+    def own_protocol(self) -> tuple[str, str, float]:
+        frac = self.teacher_fraction
+        return (f"distilled from {os.path.basename(self.teacher_from.rstrip('/'))} "
+                f"({frac:.0%} labels + unlabelled images)", "distill", frac)

@@ -1,0 +1,124 @@
+"""SimCLRv2 self-distillation: the loss against NumPy and its gradient identity, 1 vs 8
+devices, and the method end to end (a frozen fine-tuned teacher, a student trained on every
+image, results reported at the teacher's label fraction)."""
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sharded_check import assert_sharded_equal
+from test_engine import tiny_config  # tests/ is on sys.path
+
+from jssl import losses
+from jssl.train.checkpoint import Checkpointer
+from jssl.train.loop import train
+from jssl.train.run import run
+
+pytestmark = pytest.mark.xdist_group("distill")
+
+
+def _np_softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.5])
+def test_distillation_loss_matches_numpy_and_its_gradient_identity(tau):
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(12, 7)).astype(np.float32) * 3
+    t = rng.normal(size=(12, 7)).astype(np.float32) * 3
+    p_t, p_s = _np_softmax(t.astype(np.float64) / tau), _np_softmax(s.astype(np.float64) / tau)
+    want = np.mean(-np.sum(p_t * np.log(p_s), -1))
+    value, (g_s, g_t) = jax.value_and_grad(
+        lambda a, b: losses.knowledge_distillation(a, b, tau), argnums=(0, 1))(s, t)
+    np.testing.assert_allclose(float(value), want, rtol=1e-5)
+    # d/ds of the mean cross-entropy: (P^S − P^T) / (τ B); the teacher gets no gradient.
+    np.testing.assert_allclose(np.asarray(g_s), (p_s - p_t) / (tau * len(s)), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(g_t), np.zeros_like(t))
+    # Its minimum over the student is the teacher's entropy, reached at s = t.
+    entropy = np.mean(-np.sum(p_t * np.log(p_t), -1))
+    np.testing.assert_allclose(float(losses.knowledge_distillation(t, t, tau)), entropy,
+                               rtol=1e-5)
+
+
+def test_distillation_loss_is_the_same_on_1_and_8_devices():
+    rng = np.random.default_rng(1)
+    s = jnp.asarray(rng.normal(size=(16, 10)), jnp.float32)
+    t = jnp.asarray(rng.normal(size=(16, 10)), jnp.float32)
+    assert_sharded_equal(losses.knowledge_distillation, (s, t), batch_argnums=(0, 1),
+                         temperature=2.0)
+
+
+def test_distillation_loss_rejects_bad_inputs():
+    z = jnp.zeros((4, 10))
+    with pytest.raises(ValueError, match=r"student_logits.*teacher_logits"):
+        losses.knowledge_distillation(z, jnp.zeros((4, 9)))
+    with pytest.raises(ValueError, match=r"temperature.*-1"):
+        losses.knowledge_distillation(z, z, -1.0)
+    with pytest.raises(ValueError, match=r"student_logits must be \[..., num_classes\]"):
+        losses.knowledge_distillation(jnp.zeros(4), jnp.zeros(4))
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    """A finished tiny supervised run on half of the labels (the teacher)."""
+    tmp = tmp_path_factory.mktemp("teacher")
+    config = tiny_config(tmp, "supervised", **{"data.label_fraction": 0.5,
+                                               "optim.warmup_steps": 0})
+    train(config, tmp / "work")
+    return tmp / "work"
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def test_the_student_learns_from_a_frozen_teacher_and_reports_its_labels(tmp_path,
+                                                                         teacher_run):
+    config = tiny_config(tmp_path, "distill", **{"optim.warmup_steps": 0})
+    config.teacher_from = str(teacher_run)
+    summary = run(config, tmp_path / "student")
+    with Checkpointer(teacher_run, async_save=False) as ckpt:
+        teacher = ckpt.restore().state
+    with Checkpointer(tmp_path / "student", async_save=False) as ckpt:
+        student = ckpt.restore().state
+    # The teacher in the student's state is the fine-tuned run's, bit for bit, after 4 steps.
+    for a, b in zip(_leaves(teacher["params"]), _leaves(student["extra"]["teacher"]["params"]),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(_leaves(teacher["variables"]["batch_stats"]),
+                    _leaves(student["extra"]["teacher"]["batch_stats"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The student trained: its classifier left zero.
+    assert np.abs(_leaves(student["params"]["classifier"])[0]).max() > 0
+    own = [r for r in summary["results"] if r["kind"] == "distill"]
+    assert len(own) == 1 and own[0]["label_fraction"] == 0.5
+    assert own[0]["protocol"] == "distilled from work (50% labels + unlabelled images)"
+    assert 0.0 <= own[0]["accuracy"] <= 1.0
+    metrics = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").open()]
+    assert all(0.0 <= m["teacher_agreement"] <= 1.0 for m in metrics if "teacher_agreement" in m)
+
+
+def test_distill_refuses_a_missing_or_wrong_teacher_and_a_label_subset(tmp_path, teacher_run):
+    config = tiny_config(tmp_path, "distill")
+    with pytest.raises(ValueError, match=r"config.teacher_from=None: distillation needs"):
+        train(config, tmp_path / "a")
+    config.teacher_from = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=r"config.teacher_from=.*has no config.json"):
+        train(config, tmp_path / "b")
+    simclr = tiny_config(tmp_path, "simclr")
+    train(simclr, tmp_path / "ssl")
+    config.teacher_from = str(tmp_path / "ssl")
+    with pytest.raises(ValueError, match=r"is a 'simclr' run; the teacher must be"):
+        train(config, tmp_path / "c")
+    config.teacher_from = str(teacher_run)
+    config.model.encoder.widths = (8, 16, 32, 32)
+    with pytest.raises(ValueError, match=r"config.teacher_from=.*(do not match|has shape)"):
+        train(config, tmp_path / "d")
+    config = tiny_config(tmp_path, "distill", **{"data.label_fraction": 0.1})
+    config.teacher_from = str(teacher_run)
+    with pytest.raises(ValueError, match=r"config.data.label_fraction=0.1: the student learns"):
+        train(config, tmp_path / "e")
