@@ -21,6 +21,8 @@ fashion_mnist  The from-scratch recipe of experiments/supervised.py (SGD, moment
                    --config.teacher_from=runs/finetune_1pct_wide \
                    --workdir=runs/distill_1pct_wide
                2-core CPU; wall time and accuracy: docs/RESULTS.md (measured, with commands).
+               --config.loss.teacher_view=clean: the teacher sees the whole image, the
+               student the crop (Noisy Student); default "same" (SimCLRv2).
 imagenet_r50   ResNet-50 on ImageNet-1k from a ResNet-50 teacher fine-tuned on 1 % or 10 % of
                the labels; the supervised preset's recipe (batch 4096, SGD lr 1.6, 90
                epochs), τ = 1; not measured here.
@@ -53,5 +55,5 @@ def get_config(arg: str = "fashion_mnist") -> ml_collections.ConfigDict:
     c.name = f"distill_{arg}"
     c.teacher_from = ml_collections.FieldReference(None, field_type=str)
     c.data.label_fraction = 1.0  # every training image; the labels are not read
-    c.loss = ml_collections.ConfigDict({"temperature": 1.0})
+    c.loss = ml_collections.ConfigDict({"temperature": 1.0, "teacher_view": "same"})
     return c

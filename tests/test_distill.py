@@ -109,9 +109,10 @@ def test_distill_refuses_a_missing_or_wrong_teacher_and_a_label_subset(tmp_path,
     config.teacher_from = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match=r"config.teacher_from=.*has no config.json"):
         train(config, tmp_path / "b")
-    simclr = tiny_config(tmp_path, "simclr")
-    train(simclr, tmp_path / "ssl")
-    config.teacher_from = str(tmp_path / "ssl")
+    ssl = tmp_path / "ssl"  # an SSL run's workdir: its config.json says so
+    ssl.mkdir()
+    (ssl / "config.json").write_text(json.dumps({"method": "simclr", "data": {}}))
+    config.teacher_from = str(ssl)
     with pytest.raises(ValueError, match=r"is a 'simclr' run; the teacher must be"):
         train(config, tmp_path / "c")
     config.teacher_from = str(teacher_run)
@@ -122,3 +123,27 @@ def test_distill_refuses_a_missing_or_wrong_teacher_and_a_label_subset(tmp_path,
     config.teacher_from = str(teacher_run)
     with pytest.raises(ValueError, match=r"config.data.label_fraction=0.1: the student learns"):
         train(config, tmp_path / "e")
+
+
+def test_a_clean_teacher_sees_the_whole_image_and_the_student_a_view(tmp_path):
+    from jssl.methods.distill import Distill
+    from jssl.train.mesh import make_mesh
+
+    config = tiny_config(tmp_path, "distill")
+    config.teacher_from = "unread-teacher-workdir"  # prepare never reads the teacher
+    config.loss.teacher_view = "clean"
+    method = Distill(config, make_mesh(config))
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (16, 28, 28, 1), dtype=np.uint8),
+             "label": np.zeros(16, np.int32)}
+    out = jax.jit(method.prepare)(batch, jax.random.key(0))
+    assert sorted(out) == ["teacher_views", "views"]
+    np.testing.assert_allclose(np.asarray(out["teacher_views"]),
+                               batch["image"].astype(np.float32) / 255.0, rtol=1e-6, atol=0)
+    assert not np.allclose(np.asarray(out["views"]), np.asarray(out["teacher_views"]))
+    config.loss.teacher_view = "same"
+    assert sorted(jax.jit(Distill(config, make_mesh(config)).prepare)(
+        batch, jax.random.key(0))) == ["views"]
+    config.loss.teacher_view = "noisy"
+    with pytest.raises(ValueError, match=r"config.loss.teacher_view='noisy' is unknown"):
+        Distill(config, make_mesh(config))

@@ -9,7 +9,9 @@ not, with its class probabilities, and a student with the same backbone is train
               trained params, and its logits carry a stop-gradient
     student:  f_S = the same EncoderClassifier; its encoder starts from ``config.init_from``
               (the SSL run) when given, else from scratch; the classifier starts at zero
-    view(x) = random resized crop + flip (as fine-tuning), one view seen by both networks
+    view(x) = random resized crop + flip (as fine-tuning), one view seen by both networks;
+              with ``loss.teacher_view="clean"`` the teacher sees the whole image instead
+              (Noisy Student, Xie et al. 2020: an un-noised teacher, a noised student)
     loss    = mean over the global batch of  −Σ_k softmax(f_T(v)/τ)_k · log softmax(f_S(v)/τ)_k
               (eq. 2; τ = ``loss.temperature``, 1 in the paper), over every training image;
               the labels are not read
@@ -33,6 +35,9 @@ from jssl.methods.supervised import Supervised
 from jssl.train.pretrained import copy_tree, restore_run, saved_params, saved_variables
 
 FLAG = "config.teacher_from"
+#: what the teacher sees: the student's view ("same", SimCLRv2) or the whole un-augmented
+#: image resized to the view size ("clean", the un-noised teacher of Noisy Student)
+TEACHER_VIEWS = ("same", "clean")
 
 
 def teacher_label_fraction(teacher_from: str) -> float:
@@ -66,6 +71,10 @@ class Distill(Supervised):
         self.teacher_from = str(source)
         self.teacher_fraction: float | None = None  # read from the teacher run in load_frozen
         self.temperature = float(config.loss.get("temperature", 1.0))
+        self.teacher_view = config.loss.get("teacher_view", "same")
+        if self.teacher_view not in TEACHER_VIEWS:
+            raise ValueError(f"config.loss.teacher_view={self.teacher_view!r} is unknown; use "
+                             f"'same' (SimCLRv2) or 'clean' (Noisy Student)")
 
     def init(self, key, batch):
         variables, _ = super().init(key, batch)
@@ -74,8 +83,14 @@ class Distill(Supervised):
         return variables, {"teacher": teacher}  # replaced by the real teacher in load_frozen
 
     def prepare(self, batch, key):
-        (views,) = make_views(key, self.images(batch), [(self.view, self.out_size)])
-        return {"views": views}  # the labels stay behind: only the teacher's are used
+        images = self.images(batch)
+        (views,) = make_views(key, images, [(self.view, self.out_size)])
+        out = {"views": views}  # the labels stay behind: only the teacher's are used
+        if self.teacher_view == "clean":
+            size = (images.shape[0], self.out_size, self.out_size, images.shape[-1])
+            out["teacher_views"] = (images if images.shape == size
+                                    else jax.image.resize(images, size, "bilinear"))
+        return out
 
     def load_frozen(self, state: Any) -> Any:
         self.teacher_fraction = teacher_label_fraction(self.teacher_from)
@@ -92,7 +107,8 @@ class Distill(Supervised):
 
     def loss(self, params, variables, extra, batch, key, step):
         views = batch["views"]
-        _, teacher_logits = self.net.apply(extra["teacher"], views, train=False)
+        _, teacher_logits = self.net.apply(extra["teacher"], batch.get("teacher_views", views),
+                                           train=False)
         (_, logits), new_vars = self.net.apply({**variables, "params": params}, views,
                                                train=True, mutable=["batch_stats"])
         loss = losses.knowledge_distillation(logits, teacher_logits, self.temperature)
