@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 
 from jssl import losses
-from jssl.augment.recipes import make_views
 from jssl.methods.supervised import Supervised
 from jssl.train.pretrained import copy_tree, restore_run, saved_params, saved_variables
 
@@ -78,15 +77,12 @@ class Distill(Supervised):
 
     def init(self, key, batch):
         variables, _ = super().init(key, batch)
-        teacher = {"params": variables["params"], **{k: v for k, v in variables.items()
-                                                     if k != "params"}}
-        return variables, {"teacher": teacher}  # replaced by the real teacher in load_frozen
+        return variables, {"teacher": dict(variables)}  # the real one comes in load_frozen
 
     def prepare(self, batch, key):
-        images = self.images(batch)
-        (views,) = make_views(key, images, [(self.view, self.out_size)])
-        out = {"views": views}  # the labels stay behind: only the teacher's are used
+        out = {"views": super().prepare(batch, key)["views"]}  # the labels stay behind
         if self.teacher_view == "clean":
+            images = self.images(batch)
             size = (images.shape[0], self.out_size, self.out_size, images.shape[-1])
             out["teacher_views"] = (images if images.shape == size
                                     else jax.image.resize(images, size, "bilinear"))
@@ -95,14 +91,9 @@ class Distill(Supervised):
     def load_frozen(self, state: Any) -> Any:
         self.teacher_fraction = teacher_label_fraction(self.teacher_from)
         restored = restore_run(self.teacher_from, FLAG, "train the fine-tuned teacher first")
-        saved_vars = saved_variables(restored)
-        teacher = dict(state.extra["teacher"])
-        teacher["params"] = copy_tree(teacher["params"], saved_params(restored), "params",
-                                      self.teacher_from, FLAG)
-        for name in teacher:
-            if name != "params":
-                teacher[name] = copy_tree(teacher[name], saved_vars[name], name,
-                                          self.teacher_from, FLAG)
+        saved = {"params": saved_params(restored), **saved_variables(restored)}
+        teacher = {name: copy_tree(tree, saved[name], name, self.teacher_from, FLAG)
+                   for name, tree in state.extra["teacher"].items()}
         return state.replace(extra={**state.extra, "teacher": teacher})
 
     def loss(self, params, variables, extra, batch, key, step):
