@@ -84,6 +84,21 @@ def hardware() -> dict[str, object]:
     }
 
 
+def write_report(out: str, script: str, args: argparse.Namespace, **fields) -> None:
+    """Write a benchmark's JSON to ``out``: the command that made it (``script`` with the
+    flags in ``args`` but ``--out``), the date, :func:`hardware`, jax, the malloc, ``fields``."""
+    import json
+    from pathlib import Path
+
+    flags = " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out")
+    report = {"command": f"python bench/{script} {flags}",
+              "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+              "hardware": hardware(), "jax": jax.__version__,
+              "malloc": os.environ.get("LD_PRELOAD") or "glibc", **fields}
+    Path(out).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)

@@ -16,8 +16,6 @@ at batch 256) is timed the same way. Writes ``bench/gelu.json`` (rendered by
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import statistics
 import sys
@@ -68,7 +66,7 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
 
-    from bench.baselines import hardware
+    from bench.baselines import write_report
     from bench.compare import _jssl_update, _timed
     from bench.steps import load_config
     from jssl.models.activations import gelu
@@ -106,15 +104,7 @@ def main() -> None:
         print(f"{spec:22s} update: erf {med['erf'] * 1e3:.0f} ms, erfc {med['erfc'] * 1e3:.0f} ms"
               f": {row['ratio_erf_erfc']:.3f} (load {row['load']})", flush=True)
         results.append(row)
-    report = {
-        "command": "python bench/gelu.py " + " ".join(
-            f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
-        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "hardware": hardware(), "jax": jax.__version__,
-        "malloc": os.environ.get("LD_PRELOAD") or "glibc", "alone": alone, "results": results,
-    }
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, "gelu.py", args, alone=alone, results=results)
 
 
 if __name__ == "__main__":

@@ -220,6 +220,14 @@ def _malloc(preload: str) -> str:
     return "glibc" if preload == "glibc" else f"`LD_PRELOAD={preload}`"
 
 
+def _measured_in_one_process(r: dict, extra: str = "") -> str:
+    """Header of the one-process benchmarks: command, machine, jax, date, malloc."""
+    h = r["hardware"]
+    return (f"Measured by `{r['command']}` on {h['cpu']}, {h['nproc']} cores, jax {r['jax']}"
+            f"{extra}, {r['date_utc'][:16].replace('T', ' ')} UTC, malloc "
+            f"{_malloc(r['malloc'])}.")
+
+
 def _measured_in_processes(r: dict) -> str:
     """Header of the fresh-process benchmarks: command, machine, date, load range."""
     h = r["hardware"]
@@ -248,11 +256,9 @@ def xla_cpu_flag(r: dict) -> str:
 
 def gelu(r: dict) -> str:
     """bench/gelu.py: jssl's erf GELU against jax.nn.gelu's erfc form, in one process."""
-    h = r["hardware"]
-    rows = [f"Measured by `{r['command']}` on {h['cpu']}, {h['nproc']} cores, jax {r['jax']}, "
-            f"{r['date_utc'][:16].replace('T', ' ')} UTC, malloc {_malloc(r['malloc'])}. One "
-            f"process; the two forms alternate, median of each. Update = forward + backward + "
-            f"optimizer of the preset; GELU alone on a [4352, 512] float32 array.",
+    rows = [_measured_in_one_process(r) + " One process; the two forms alternate, median of "
+            "each. Update = forward + backward + optimizer of the preset; GELU alone on a "
+            "[4352, 512] float32 array.",
             "",
             "| what | erf (jssl) | erfc (`jax.nn.gelu`) | erf / erfc |",
             "|---|---:|---:|---:|"]
@@ -264,6 +270,44 @@ def gelu(r: dict) -> str:
         m = x["median_s"]
         rows.append(f"| {x['preset']} update (load {x['load']}) | {m['erf'] * 1e3:.0f} ms "
                     f"| {m['erfc'] * 1e3:.0f} ms | {x['ratio_erf_erfc']:.3f} |")
+    return "\n".join(rows)
+
+
+def text_ops(r: dict) -> str:
+    """bench/text_ops.py: jssl's Dropout and argmax accuracy against nn.Dropout and
+    jnp.argmax, alone and in the text presets' updates, in one process."""
+    rows = [_measured_in_one_process(r) + " One process; the variants alternate, median of "
+            "each. Update = forward + backward + optimizer of the preset; \"old\" = "
+            "`nn.Dropout` and `jnp.argmax` both.",
+            "",
+            "| what | jssl | `nn.Dropout` only | `jnp.argmax` only | old | jssl / old |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for part, x in r["alone"].items():
+        m = x["median_s"]
+        rows.append(f"| {part} alone {tuple(x['shape'])} | {m['jssl'] * 1e3:.2f} ms | – | – "
+                    f"| {m['old'] * 1e3:.2f} ms | {x['ratio_jssl_old']:.2f} |")
+    for x in r["results"]:
+        m = x["median_s"]
+        cells = " | ".join(f"{m[k] * 1e3:.0f} ms" for k in ("jssl", "nn.Dropout", "jnp.argmax",
+                                                            "old"))
+        rows.append(f"| {x['preset']} update (load {x['load']}) | {cells} "
+                    f"| {x['ratios']['old']:.3f} |")
+    return "\n".join(rows)
+
+
+def dots(r: dict) -> str:
+    """bench/dots.py: the BERT update's matmuls, XLA:CPU against PyTorch, one at a time."""
+    rows = [_measured_in_one_process(r, f", torch {r['torch']} ({r['torch_threads']} threads)")
+            + f" XLA_FLAGS `{r['xla_flags']}`. One process, blocks of back-to-back calls "
+            f"alternating between the frameworks; medians.",
+            "",
+            "| layer ([M, K]·[K, N]) | matmul | XLA:CPU | PyTorch | XLA / PyTorch |",
+            "|---|---|---:|---:|---:|"]
+    for x in r["results"]:
+        m = x["median_s"]
+        rows.append(f"| {x['layer']} ([{x['m']}, {x['k']}]·[{x['k']}, {x['n']}]) "
+                    f"| {x['matmul']} | {m['jax'] * 1e3:.2f} ms | {m['torch'] * 1e3:.2f} ms "
+                    f"| {x['ratio_jax_torch']:.2f} |")
     return "\n".join(rows)
 
 
@@ -327,6 +371,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {"cpu_malloc": cpu_malloc,
                                                "gpu_mfu": gpu_mfu, "steps_gpu": steps_gpu,
                                                "loader": loader, "xla_cpu_flag": xla_cpu_flag,
                                                "gn_convnet": gn_convnet, "gelu": gelu,
+                                               "text_ops": text_ops, "dots": dots,
                                                # the same benchmarks on a second machine
                                                "results_xeon": results,
                                                "xla_cpu_flag_xeon": xla_cpu_flag}

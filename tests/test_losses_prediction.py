@@ -153,6 +153,21 @@ def test_mae_identities_and_stop_gradient():
 
 
 # ------------------------------------------------------------------- bfloat16
+def test_argmax_equals_matches_numpy_argmax_with_ties_and_bad_labels():
+    """Coarse integer logits make ties at the maximum common; NumPy's argmax is the first."""
+    logits = RNG.integers(-3, 4, size=(6, 9, 17)).astype(np.float32)
+    logits[0, 0] = 2.0  # a whole row tied
+    labels = RNG.integers(-2, 19, size=(6, 9))  # some outside [0, 17)
+    want = (np.argmax(logits, -1) == labels) & (labels >= 0) & (labels < 17)
+    assert 0 < want.sum() < want.size
+    got = jax.jit(P.argmax_equals)(logits, labels)
+    np.testing.assert_array_equal(np.asarray(got), want)
+    # asking every class of every row: exactly one hit, at the first maximum
+    every = np.broadcast_to(np.arange(17), (6, 9, 17))
+    got = P.argmax_equals(np.repeat(logits[..., None, :], 17, axis=-2), every)
+    np.testing.assert_array_equal(np.asarray(got), every == np.argmax(logits, -1)[..., None])
+
+
 def test_bfloat16_logits_scored_in_float32():
     logits, labels = token_batch()
     w = uneven_weights()

@@ -69,6 +69,29 @@ def token_cross_entropy(
     return nll
 
 
+def argmax_equals(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """``argmax(logits, -1) == labels`` (argmax = the *first* maximum, as ``jnp.argmax``).
+
+        hit = (logits[label] = m) ∧ (no c < label has logits[c] = m),   m = max_c logits[c]
+
+    A max and a sum over the last axis, plus a gather of the label's logit, instead of
+    ``jnp.argmax``'s (value, index) pair reduction, which XLA:CPU does not vectorise: over the
+    4000-token vocabulary of the BERT ``fortunes`` update's 64 × 20 predictions, 2.7 ms
+    against argmax's 8.5 ms on a 2-core Xeon (``bench/text_ops.py``). Same booleans for finite
+    logits (tested against NumPy's argmax, ties included); a label outside [0, C) is never a
+    hit. Where a row holds a NaN, ``jnp.argmax`` points at it; here no label is a hit there.
+    """
+    labels = labels.astype(jnp.int32)
+    num_classes = logits.shape[-1]
+    top = jnp.max(logits, axis=-1)
+    safe = jnp.clip(labels, 0, num_classes - 1)
+    picked = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
+    column = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    tie_before = (logits == top[..., None]) & (column < labels[..., None])
+    ties = jnp.sum(jnp.where(tie_before, 1.0, 0.0), axis=-1)
+    return (picked == top) & (ties == 0) & (labels >= 0) & (labels < num_classes)
+
+
 def weighted_mean(values: jax.Array, weights: jax.Array, axis_name: AxisName) -> jax.Array:
     """Σ w·v / max(Σ w, 1e-8), both sums over every position of the global batch."""
     w = as_f32(weights)

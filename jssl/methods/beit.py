@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jssl.augment.recipes import ViewParams, make_views
+from jssl.losses.prediction import argmax_equals
 from jssl.masking import block_mask
 from jssl.methods.base import Method
 from jssl.methods.vqvae import make_tokenizer
@@ -134,7 +135,7 @@ class BEiT(Method):
         ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), ids[..., None], axis=-1)[..., 0]
         w = mask.astype(jnp.float32)
         loss = jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
-        hit = (jnp.argmax(logits, -1) == ids).astype(jnp.float32)
+        hit = argmax_equals(logits, ids).astype(jnp.float32)
         metrics = {"mask_fraction": jnp.mean(w),
                    "token_accuracy": jnp.sum(hit * w) / jnp.maximum(jnp.sum(w), 1.0)}
         return loss, (metrics, variables)

@@ -22,7 +22,7 @@ import numpy as np
 
 from jssl import losses
 from jssl.data import fortunes
-from jssl.losses.prediction import token_cross_entropy, weighted_mean
+from jssl.losses.prediction import argmax_equals, token_cross_entropy, weighted_mean
 from jssl.masking.text import bert_mask
 from jssl.methods.text_base import TextMethod, model_kwargs
 from jssl.models.bert import bert
@@ -90,7 +90,7 @@ class BERT(TextMethod):
         out = self._apply({**variables, "params": params}, batch, batch["inputs"], key=key,
                           positions=positions)
         mlm = losses.masked_lm(out["mlm_logits"], labels, weights)
-        hit = (jnp.argmax(out["mlm_logits"], -1) == labels).astype(jnp.float32)
+        hit = argmax_equals(out["mlm_logits"], labels).astype(jnp.float32)
         metrics = {"mlm_loss": mlm, "mlm_acc": weighted_mean(hit, weights, None)}
         loss = mlm
         if self.model.use_nsp:
@@ -112,7 +112,7 @@ class BERT(TextMethod):
         def counts(variables, batch, i):
             inputs, labels, weights = self.mask(batch, jax.random.fold_in(key, i))
             logits = self._apply(variables, batch, inputs)["mlm_logits"]
-            hit = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+            hit = argmax_equals(logits, labels).astype(jnp.float32)
             nll = token_cross_entropy(logits, labels)
             return jnp.stack([jnp.sum(hit * weights), jnp.sum(nll * weights), jnp.sum(weights)])
 

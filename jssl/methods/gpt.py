@@ -24,7 +24,7 @@ import numpy as np
 from jssl import losses
 from jssl.data import fortunes
 from jssl.evaluate.ngram import ngram_perplexities
-from jssl.losses.prediction import token_cross_entropy, weighted_mean
+from jssl.losses.prediction import argmax_equals, token_cross_entropy, weighted_mean
 from jssl.methods.text_base import TextMethod, model_kwargs
 from jssl.models.gpt import gpt
 
@@ -46,7 +46,7 @@ class GPT(TextMethod):
                                   rngs={"dropout": key})
         mask = tokens != fortunes.PAD
         loss = losses.next_token(logits, tokens, mask)
-        hit = (jnp.argmax(logits[:, :-1], -1) == tokens[:, 1:]).astype(jnp.float32)
+        hit = argmax_equals(logits[:, :-1], tokens[:, 1:]).astype(jnp.float32)
         acc = weighted_mean(hit, mask[:, :-1] & mask[:, 1:], None)
         return loss, ({"next_token_acc": acc}, {})
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from jssl import losses
 from jssl.data import fortunes
-from jssl.losses.prediction import token_cross_entropy
+from jssl.losses.prediction import argmax_equals, token_cross_entropy
 from jssl.masking.text import _t5_counts, t5_span_corruption
 from jssl.methods.text_base import TextMethod, model_kwargs
 from jssl.models.t5 import T5 as T5Model
@@ -77,7 +77,7 @@ class T5(TextMethod):
         logits = self.logits({**variables, "params": params}, batch["inputs"], targets, key=key)
         mask = targets != fortunes.PAD
         loss = losses.span_corruption(logits, targets, mask)
-        hit = (jnp.argmax(logits, -1) == targets) & mask
+        hit = argmax_equals(logits, targets) & mask
         return loss, ({"target_acc": jnp.sum(hit) / jnp.maximum(jnp.sum(mask), 1)}, {})
 
     def encode(self, variables, tokens):
@@ -92,7 +92,7 @@ class T5(TextMethod):
             logits = self.logits(variables, inputs, targets)
             real = jnp.any(batch["tokens"] != fortunes.PAD, axis=1, keepdims=True)  # not filler
             m = ((targets != fortunes.PAD) & real).astype(jnp.float32)
-            hit = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+            hit = argmax_equals(logits, targets).astype(jnp.float32)
             nll = token_cross_entropy(logits, targets)
             return jnp.stack([jnp.sum(hit * m), jnp.sum(nll * m), jnp.sum(m)])
 

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jssl.models.activations import gelu
+from jssl.models.dropout import Dropout
 from jssl.models.transformer import BlockConfig, TokenEmbedding, TransformerStack, make_padding_mask
 
 Array = jax.Array
@@ -81,7 +82,7 @@ class BERT(nn.Module):
             x = x + nn.Embed(self.type_vocab_size, self.hidden_dim, dtype=self.dtype,
                              embedding_init=init, name="segment_embed")(seg)
         x = nn.LayerNorm(epsilon=1e-12, dtype=self.dtype, name="embed_norm")(x)
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = Dropout(self.dropout_rate)(x, deterministic=deterministic)
         mask = None if padding_mask is None else make_padding_mask(padding_mask.astype(bool))
         hidden = TransformerStack(self._block_config(), self.num_layers, final_norm=False,
                                   name="encoder")(x, mask, deterministic=deterministic)

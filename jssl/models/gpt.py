@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jssl.models.dropout import Dropout
 from jssl.models.transformer import BlockConfig, TokenEmbedding, TransformerStack, make_causal_mask
 
 Array = jax.Array
@@ -55,7 +56,7 @@ class GPT(nn.Module):
         pos = self.param("position_embed", nn.initializers.normal(0.01),
                          (self.max_len, self.hidden_dim), jnp.float32)
         x = embed(tokens) + pos[None, :length].astype(self.dtype)
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = Dropout(self.dropout_rate)(x, deterministic=deterministic)
         x = TransformerStack(cfg, self.num_layers, final_norm=True, name="decoder")(
             x, make_causal_mask(length), deterministic=deterministic)
         return embed.attend(x)

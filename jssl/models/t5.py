@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jssl.models.dropout import Dropout
 from jssl.models.transformer import (
     BlockConfig,
     TokenEmbedding,
@@ -138,7 +139,7 @@ class T5(nn.Module):
                    max_distance=self.max_distance)
         self.encoder_rel_bias = RelativePositionBias(bidirectional=True, **rel)
         self.decoder_rel_bias = RelativePositionBias(bidirectional=False, **rel)
-        self.dropout = nn.Dropout(self.dropout_rate)
+        self.dropout = Dropout(self.dropout_rate)
         if not self.tie_embeddings:
             self.lm_head = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
                                     kernel_init=nn.initializers.variance_scaling(

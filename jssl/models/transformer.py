@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jssl.models.activations import gelu
+from jssl.models.dropout import Dropout
 
 Array = jax.Array
 Dtype = Any
@@ -152,7 +153,7 @@ class MultiHeadAttention(nn.Module):
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1)
-        probs = nn.Dropout(cfg.attention_dropout_rate)(probs, deterministic=deterministic)
+        probs = Dropout(cfg.attention_dropout_rate)(probs, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(cfg.dtype), v)
         return nn.DenseGeneral(cfg.dim, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.dtype,
                                kernel_init=cfg.kernel_init(out=True), name="out")(out)
@@ -173,7 +174,7 @@ class Mlp(nn.Module):
         h = act(dense(cfg.mlp_dim, "wi")(x))
         if cfg.gated_mlp:
             h = h * dense(cfg.mlp_dim, "wi_gate")(x)
-        h = nn.Dropout(cfg.activation_dropout_rate)(h, deterministic=deterministic)
+        h = Dropout(cfg.activation_dropout_rate)(h, deterministic=deterministic)
         return dense(cfg.dim, "wo", out=True)(h)
 
 
@@ -198,8 +199,8 @@ class TransformerBlock(nn.Module):
         def sublayer(x: Array, fn: Callable[[Array], Array], name: str) -> Array:
             if cfg.pre_norm:
                 y = fn(make_norm(cfg, f"{name}_norm")(x))
-                return x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-            y = nn.Dropout(cfg.dropout_rate)(fn(x), deterministic=deterministic)
+                return x + Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+            y = Dropout(cfg.dropout_rate)(fn(x), deterministic=deterministic)
             return make_norm(cfg, f"{name}_norm")(x + y)
 
         attn = MultiHeadAttention(cfg, name="self_attention")

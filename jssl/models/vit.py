@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jssl.models.activations import gelu
+from jssl.models.dropout import Dropout
 
 Dtype = Any
 
@@ -194,9 +195,9 @@ class Mlp(nn.Module):
         d = x.shape[-1]
         x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=_DENSE_INIT, name="fc1")(x)
         x = gelu(x)
-        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        x = Dropout(self.dropout)(x, deterministic=deterministic)
         x = nn.Dense(d, dtype=self.dtype, kernel_init=_DENSE_INIT, name="fc2")(x)
-        return nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        return Dropout(self.dropout)(x, deterministic=deterministic)
 
 
 class Block(nn.Module):
@@ -221,7 +222,7 @@ class Block(nn.Module):
             kernel_init=_DENSE_INIT, force_fp32_for_softmax=True,
             attention_fn=attention_fn(self.attention), name="attn")(
                 y, y, mask=mask, deterministic=det)
-        y = nn.Dropout(self.dropout)(y, deterministic=det)
+        y = Dropout(self.dropout)(y, deterministic=det)
         x = x + DropPath(self.drop_path)(y, deterministic=det)
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
         y = Mlp(int(x.shape[-1] * self.mlp_ratio), self.dropout, self.dtype, name="mlp")(
@@ -332,7 +333,7 @@ class ViT(nn.Module):
             cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.dim))
             x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.dim)).astype(
                 self.dtype), x], axis=1)
-        x = nn.Dropout(self.dropout)(x, deterministic=not train)
+        x = Dropout(self.dropout)(x, deterministic=not train)
         mask = None
         if keep_valid is not None:
             if keep_ids is None or keep_valid.shape != keep_ids.shape:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jssl.models.activations import gelu
+from jssl.models.dropout import Dropout
 from jssl.models.transformer import BlockConfig, TransformerStack
 
 Array = jax.Array
@@ -239,8 +240,8 @@ class Wav2Vec2(nn.Module):
         x = feats
         if feats.shape[-1] != self.dim:
             x = nn.Dense(self.dim, dtype=self.dtype, name="post_extract_proj")(x)
-        x = nn.Dropout(self.dropout_input)(x, deterministic=det)
-        unmasked = nn.Dropout(self.dropout_features)(unmasked, deterministic=det)
+        x = Dropout(self.dropout_input)(x, deterministic=det)
+        unmasked = Dropout(self.dropout_features)(unmasked, deterministic=det)
         if mask is not None:
             mask_emb = self.param("mask_embedding", nn.initializers.uniform(1.0), (self.dim,),
                                   jnp.float32)
@@ -251,7 +252,7 @@ class Wav2Vec2(nn.Module):
                                name="pos_conv")(x)
         if not self.pre_norm:
             x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="encoder_norm")(x)
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=det)
+        x = Dropout(self.dropout_rate)(x, deterministic=det)
         cfg = BlockConfig(
             dim=self.dim, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
             pre_norm=self.pre_norm, activation="gelu", dropout_rate=self.dropout_rate,
