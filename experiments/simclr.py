@@ -21,6 +21,9 @@ fashion_mnist  The quickstart: pretrain without labels on the 60 000 Fashion-MNI
                79.22 % (the allocator changes no number). Again with the ResNet's new
                default conv_impl="fast" (phase input gradients, jssl/models/conv.py; load
                ~1.9): training 463 s, 8 min 38 s in all; 88.04 / 85.12 / 79.43 %.
+               2-core Intel Xeon (AVX-512), 2026-12-03: training 903 s, 16 min 18 s in all
+               at load 1.7 on a slow afternoon (docs/RESULTS.md); training 493 s, 9 min 1 s
+               in all on the idle machine that evening; both 88.20 / 85.05 / 78.96 %.
 fashion_mnist_tiny
                The first quickstart: the same with the ``tiny`` ResNet (widths 8-16-32-64:
                64-d features) for 2000 steps (8.5 epochs): ~1.4x faster per step, but its
