@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import gzip
+import json
 import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -87,9 +89,6 @@ def hardware() -> dict[str, object]:
 def write_report(out: str, script: str, args: argparse.Namespace, **fields) -> None:
     """Write a benchmark's JSON to ``out``: the command that made it (``script`` with the
     flags in ``args`` but ``--out``), the date, :func:`hardware`, jax, the malloc, ``fields``."""
-    import json
-    from pathlib import Path
-
     flags = " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out")
     report = {"command": f"python bench/{script} {flags}",
               "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -86,6 +86,37 @@ def _median(fn, repeats: int) -> float:
     return statistics.median(_timed(fn) for _ in range(repeats))
 
 
+def alternate(runs: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each of ``runs`` (callables that block until done), run in turn
+    ``repeats`` times with the order reversed every other round, so load hits all alike."""
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for i in range(repeats):
+        for k in (list(runs) if i % 2 == 0 else list(runs)[::-1]):
+            times[k].append(_timed(runs[k]))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def alternate_jitted(fns: dict, args: tuple, repeats: int) -> dict[str, float]:
+    """:func:`alternate` of ``jax.jit(fn)(*args)`` for each of ``fns`` (compiled first)."""
+    jitted = {k: jax.jit(f) for k, f in fns.items()}
+    for f in jitted.values():
+        jax.block_until_ready(f(*args))
+    return alternate({k: lambda f=f: jax.block_until_ready(f(*args))
+                      for k, f in jitted.items()}, repeats)
+
+
+def alternate_updates(spec: str, setups: dict, repeats: int) -> dict[str, float]:
+    """:func:`alternate` of the preset ``spec``'s update in several variants: for each,
+    ``setups[name]()`` points jssl's code at it, then the update is built (as this script
+    builds it) and run twice. The caller restores the code afterwards."""
+    runs = {}
+    for name, setup in setups.items():
+        setup()
+        runs[name] = _jssl_update(load_config(spec), 5)["run"]
+        runs[name](), runs[name]()
+    return alternate(runs, repeats)
+
+
 def _jssl_update(config, repeats: int) -> dict:
     """Build jssl's train step for ``config``; return its timings and a one-update closure."""
     mesh = make_mesh(config)

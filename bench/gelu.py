@@ -16,10 +16,9 @@ at batch 256) is timed the same way. Writes ``bench/gelu.json`` (rendered by
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,14 +45,6 @@ def _use(fn) -> None:
             module._ACTIVATIONS["gelu"] = fn
 
 
-def _alternate(runs: dict, repeats: int, timed) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for i in range(repeats):
-        for k in (list(runs) if i % 2 == 0 else list(runs)[::-1]):
-            times[k].append(timed(runs[k]))
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(PRESETS), help="comma-separated name:preset")
@@ -67,8 +58,7 @@ def main() -> None:
     import jax.numpy as jnp
 
     from bench.baselines import write_report
-    from bench.compare import _jssl_update, _timed
-    from bench.steps import load_config
+    from bench.compare import alternate_jitted, alternate_updates
     from jssl.models.activations import gelu
 
     forms = {"erf": gelu, "erfc": _erfc_gelu}
@@ -76,28 +66,15 @@ def main() -> None:
     alone = {}
     for part, wrap in (("forward", lambda f: f),
                        ("forward+backward", lambda f: jax.grad(lambda x: jnp.sum(f(x) * x)))):
-        fns = {k: jax.jit(wrap(f)) for k, f in forms.items()}
-        for f in fns.values():
-            f(x).block_until_ready()
-
-        def timed(f):
-            t = time.perf_counter()
-            f(x).block_until_ready()
-            return time.perf_counter() - t
-
-        med = _alternate(fns, 5 * args.repeats, timed)
+        med = alternate_jitted({k: wrap(f) for k, f in forms.items()}, (x,), 5 * args.repeats)
         alone[part] = {"median_s": med, "ratio_erf_erfc": round(med["erf"] / med["erfc"], 3)}
         print(f"gelu alone, {part}: erf {med['erf'] * 1e3:.2f} ms, erfc "
               f"{med['erfc'] * 1e3:.2f} ms", flush=True)
     results = []
     for spec in args.only.split(","):
-        runs = {}
-        for form, fn in forms.items():
-            _use(fn)
-            runs[form] = _jssl_update(load_config(spec), 5)["run"]
-            runs[form](), runs[form]()
+        med = alternate_updates(spec, {form: functools.partial(_use, fn)
+                                       for form, fn in forms.items()}, args.repeats)
         _use(gelu)
-        med = _alternate(runs, args.repeats, _timed)
         row = {"preset": spec, "median_s": med,
                "ratio_erf_erfc": round(med["erf"] / med["erfc"], 3),
                "load": round(os.getloadavg()[0], 2)}

@@ -21,10 +21,10 @@ into docs/performance.md). Runs under tcmalloc, as jssl's CLI.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,20 +55,9 @@ def _use(dropout, argmax_equals) -> None:
 
 
 def _alone(fns: dict, args: tuple, rounds: int) -> dict:
-    import jax
+    from bench.compare import alternate_jitted
 
-    jitted = {k: jax.jit(f) for k, f in fns.items()}
-    for f in jitted.values():
-        jax.block_until_ready(f(*args))
-
-    def timed(f):
-        t = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        return time.perf_counter() - t
-
-    from bench.gelu import _alternate
-
-    med = _alternate(jitted, rounds, timed)
+    med = alternate_jitted(fns, args, rounds)
     return {"median_s": med, "ratio_jssl_old": round(med["jssl"] / med["old"], 3)}
 
 
@@ -85,9 +74,7 @@ def main() -> None:
     import jax
 
     from bench.baselines import write_report
-    from bench.compare import _jssl_update, _timed
-    from bench.gelu import _alternate
-    from bench.steps import load_config
+    from bench.compare import alternate_updates
     from jssl.losses.prediction import argmax_equals
     from jssl.models.dropout import Dropout, keep_mask
 
@@ -113,13 +100,9 @@ def main() -> None:
                 "old": (nn.Dropout, _jnp_argmax_equals)}
     results = []
     for spec in args.only.split(","):
-        runs = {}
-        for name, parts in variants.items():
-            _use(*parts)
-            runs[name] = _jssl_update(load_config(spec), 5)["run"]
-            runs[name](), runs[name]()
+        med = alternate_updates(spec, {name: functools.partial(_use, *parts)
+                                       for name, parts in variants.items()}, args.repeats)
         _use(Dropout, argmax_equals)
-        med = _alternate(runs, args.repeats, _timed)
         row = {"preset": spec, "median_s": med,
                "ratios": {k: round(med["jssl"] / med[k], 3) for k in variants if k != "jssl"},
                "load": round(os.getloadavg()[0], 2)}
