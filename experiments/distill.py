@@ -17,12 +17,14 @@ fashion_mnist  The from-scratch recipe of experiments/supervised.py (SGD, moment
                smoothing.
                python -m jssl.main --config=experiments/distill.py:fashion_mnist \
                    --config.model.encoder.preset=tiny_wide \
-                   --config.init_from=runs/simclr_fashion_mnist \
-                   --config.teacher_from=runs/finetune_1pct_wide \
-                   --workdir=runs/distill_1pct_wide
-               2-core CPU; wall time and accuracy: docs/RESULTS.md (measured, with commands).
+                   --config.teacher_from=runs/finetune_1pct_quick \
+                   --workdir=runs/distill_1pct_student_scratch
+               2-core Xeon, 3.8 min of training: 82.81 % from a teacher of 82.10 % (1 %
+               labels); the same student started from the SSL encoder
+               (--config.init_from=runs/simclr_fashion_mnist) 82.18 % (docs/RESULTS.md).
                --config.loss.teacher_view=clean: the teacher sees the whole image, the
                student the crop (Noisy Student); default "same" (SimCLRv2).
+               --config.teacher_from may name a distilled run (another round).
 imagenet_r50   ResNet-50 on ImageNet-1k from a ResNet-50 teacher fine-tuned on 1 % or 10 % of
                the labels; the supervised preset's recipe (batch 4096, SGD lr 1.6, 90
                epochs), τ = 1; not measured here.

@@ -102,6 +102,36 @@ def test_the_student_learns_from_a_frozen_teacher_and_reports_its_labels(tmp_pat
     assert all(0.0 <= m["teacher_agreement"] <= 1.0 for m in metrics if "teacher_agreement" in m)
 
 
+def test_a_student_can_teach_a_second_round_at_the_first_teachers_labels(tmp_path,
+                                                                         teacher_run):
+    first = tiny_config(tmp_path, "distill", **{"optim.warmup_steps": 0})
+    first.teacher_from = str(teacher_run)
+    train(first, tmp_path / "round1")
+    second = tiny_config(tmp_path, "distill", **{"optim.warmup_steps": 0})
+    second.teacher_from = str(tmp_path / "round1")
+    summary = run(second, tmp_path / "round2")
+    with Checkpointer(tmp_path / "round1", async_save=False) as ckpt:
+        round1 = ckpt.restore().state
+    with Checkpointer(tmp_path / "round2", async_save=False) as ckpt:
+        round2 = ckpt.restore().state
+    for a, b in zip(_leaves(round1["params"]), _leaves(round2["extra"]["teacher"]["params"]),
+                    strict=True):  # the teacher is the round-1 student, not its teacher
+        np.testing.assert_array_equal(a, b)
+    own = [r for r in summary["results"] if r["kind"] == "distill"]
+    assert own[0]["label_fraction"] == 0.5  # the labels are still the first teacher's
+    assert own[0]["protocol"] == "distilled from round1 (50% labels + unlabelled images)"
+    # A chain that loops back on itself is refused with the path.
+    loop_a, loop_b = tmp_path / "loop_a", tmp_path / "loop_b"
+    for here, there in ((loop_a, loop_b), (loop_b, loop_a)):
+        here.mkdir()
+        (here / "config.json").write_text(json.dumps({"method": "distill",
+                                                      "teacher_from": str(there)}))
+    third = tiny_config(tmp_path, "distill")
+    third.teacher_from = str(loop_a)
+    with pytest.raises(ValueError, match=r"chain of teachers loops back to .*loop_a"):
+        train(third, tmp_path / "round3")
+
+
 def test_distill_refuses_a_missing_or_wrong_teacher_and_a_label_subset(tmp_path, teacher_run):
     config = tiny_config(tmp_path, "distill")
     with pytest.raises(ValueError, match=r"config.teacher_from=None: distillation needs"):

@@ -278,6 +278,16 @@ def test_label_efficiency_distillation_curve_follows_the_teacher_chain():
     assert list(curves) == ["ssl_best + linear probe", "ssl_best + fine-tuning",
                             "ssl_best + fine-tuning + distillation", "supervised from scratch"]
     assert curves["ssl_best + fine-tuning + distillation"] == {0.01: 0.85}
+    # A second round (its teacher is student_best) counts on the same chain; a student of an
+    # unrecorded teacher does not.
+    round2 = {**_run_record("student_round2", "distill", "resnet w",
+                            [{"kind": "distill", "label_fraction": 0.01, "accuracy": 0.87}]),
+              "teacher_from": "runs/student_best"}
+    orphan = {**_run_record("student_orphan", "distill", "resnet w",
+                            [{"kind": "distill", "label_fraction": 0.01, "accuracy": 0.95}]),
+              "teacher_from": "runs/unrecorded"}
+    curves = results_doc.label_efficiency([*runs, student, round2, orphan], {})
+    assert curves["ssl_best + fine-tuning + distillation"] == {0.01: 0.87}
     row = results_doc.runs_table([student], {}).splitlines()[-1]
     assert row.startswith("| student_best | distill, 1% labels (the teacher's) | resnet w |")
     assert "| 85.00 | – |" in row  # the student's own classifier

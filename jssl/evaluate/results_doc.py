@@ -216,13 +216,17 @@ def label_efficiency(runs: list[dict], baselines: dict,
 def _distillation_curve(runs: list[dict], backbone: str | None, finetuned: list[dict],
                         prefer: str | None) -> dict[str, dict[float, float]]:
     """{"<SSL run> + fine-tuning + distillation": {fraction: accuracy}} of the distilled
-    students on ``backbone`` whose teachers are recorded fine-tuning runs (``finetuned``),
-    best per label fraction; only those whose teacher started from the SSL run ``prefer``
-    when there are any; empty if there are none."""
+    students on ``backbone`` whose teachers are recorded fine-tuning runs (``finetuned``) or,
+    for later rounds, recorded students of those; best per label fraction; only those whose
+    first teacher started from the SSL run ``prefer`` when there are any; empty if none."""
     teachers = {r["config"]: _init_name(r) for r in finetuned}
-    students = [(r, teachers[t]) for r in runs if r["method"] == "distill"
-                and r["backbone"] == backbone
-                and (t := Path(str(r.get("teacher_from") or "").rstrip("/")).name) in teachers]
+    candidates = [r for r in runs if r["method"] == "distill" and r["backbone"] == backbone]
+    students: list[tuple[dict, str]] = []
+    while found := [(r, teachers[t]) for r in candidates if r["config"] not in teachers
+                    and (t := Path(str(r.get("teacher_from") or "").rstrip("/")).name)
+                    in teachers]:
+        students += found
+        teachers.update({r["config"]: source for r, source in found})
     if any(source == prefer for _, source in students):
         students = [(r, source) for r, source in students if source == prefer]
     points: dict[float, float] = {}

@@ -6,7 +6,8 @@ not, with its class probabilities, and a student with the same backbone is train
 
     teacher:  f_T = the fine-tuned run in ``config.teacher_from`` (encoder + classifier,
               BatchNorm in inference mode), frozen: it lives in the extra state, not in the
-              trained params, and its logits carry a stop-gradient
+              trained params, and its logits carry a stop-gradient; it may itself be a
+              distilled student (another round; the labels are still its first teacher's)
     student:  f_S = the same EncoderClassifier; its encoder starts from ``config.init_from``
               (the SSL run) when given, else from scratch; the classifier starts at zero
     view(x) = random resized crop + flip (as fine-tuning), one view seen by both networks;
@@ -39,18 +40,29 @@ FLAG = "config.teacher_from"
 TEACHER_VIEWS = ("same", "clean")
 
 
-def teacher_label_fraction(teacher_from: str) -> float:
-    """``data.label_fraction`` in the teacher run's ``config.json`` (the labels it saw)."""
+def teacher_label_fraction(teacher_from: str, _seen: tuple[str, ...] = ()) -> float:
+    """The fraction of labels behind the teacher: ``data.label_fraction`` in its run's
+    ``config.json`` for a supervised / fine-tuned run; for a distilled student (a second
+    round, as Noisy Student iterates), that of the teacher *it* learned from, followed
+    through the ``teacher_from`` its ``config.json`` records."""
     path = os.path.join(teacher_from, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{FLAG}={teacher_from!r} has no config.json; point it at the "
                                 f"workdir of a finished fine-tuning run (jssl train "
-                                f"--config=experiments/supervised.py:...)")
+                                f"--config=experiments/supervised.py:...) or distillation run")
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
-    if saved.get("method") != "supervised":
-        raise ValueError(f"{FLAG}={teacher_from!r} is a {saved.get('method')!r} run; the teacher "
-                         f"must be a supervised or fine-tuned run (method 'supervised')")
+    method = saved.get("method")
+    if method == "distill":
+        source = str(saved.get("teacher_from") or "")
+        if os.path.normpath(source) in _seen + (os.path.normpath(teacher_from),):
+            raise ValueError(f"{FLAG}={teacher_from!r}: its chain of teachers loops back to "
+                             f"{source!r}")
+        return teacher_label_fraction(source, _seen + (os.path.normpath(teacher_from),))
+    if method != "supervised":
+        raise ValueError(f"{FLAG}={teacher_from!r} is a {method!r} run; the teacher must be "
+                         f"a supervised, fine-tuned or distilled run (method 'supervised' or "
+                         f"'distill')")
     return float(saved.get("data", {}).get("label_fraction", 1.0))
 
 
