@@ -130,6 +130,13 @@ def test_a_student_can_teach_a_second_round_at_the_first_teachers_labels(tmp_pat
     third.teacher_from = str(loop_a)
     with pytest.raises(ValueError, match=r"chain of teachers loops back to .*loop_a"):
         train(third, tmp_path / "round3")
+    lost = tmp_path / "lost"  # a distilled run whose recorded teacher is gone
+    lost.mkdir()
+    (lost / "config.json").write_text(json.dumps({"method": "distill",
+                                                  "teacher_from": str(tmp_path / "gone")}))
+    third.teacher_from = str(lost)
+    with pytest.raises(FileNotFoundError, match=r"whose own teacher .*gone.* has no config"):
+        train(third, tmp_path / "round4")
 
 
 def test_distill_refuses_a_missing_or_wrong_teacher_and_a_label_subset(tmp_path, teacher_run):

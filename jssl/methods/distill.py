@@ -58,6 +58,11 @@ def teacher_label_fraction(teacher_from: str, _seen: tuple[str, ...] = ()) -> fl
         if os.path.normpath(source) in _seen + (os.path.normpath(teacher_from),):
             raise ValueError(f"{FLAG}={teacher_from!r}: its chain of teachers loops back to "
                              f"{source!r}")
+        if not os.path.isfile(os.path.join(source, "config.json")):
+            raise FileNotFoundError(f"{FLAG}={teacher_from!r} is a distilled run whose own "
+                                    f"teacher {source!r} (its config.json's teacher_from) has "
+                                    f"no config.json; the labels behind it are read there: "
+                                    f"run from the directory it was trained in")
         return teacher_label_fraction(source, _seen + (os.path.normpath(teacher_from),))
     if method != "supervised":
         raise ValueError(f"{FLAG}={teacher_from!r} is a {method!r} run; the teacher must be "
