@@ -47,6 +47,12 @@ def teacher_label_fraction(teacher_from: str, _seen: tuple[str, ...] = ()) -> fl
     through the ``teacher_from`` its ``config.json`` records."""
     path = os.path.join(teacher_from, "config.json")
     if not os.path.isfile(path):
+        if _seen:  # a link further down a chain of distilled runs
+            raise FileNotFoundError(f"{FLAG}={_seen[0]!r} is a distilled run whose own teacher "
+                                    f"{teacher_from!r} (the teacher_from in "
+                                    f"{os.path.join(_seen[-1], 'config.json')}) has no "
+                                    f"config.json; the labels behind it are read there: run "
+                                    f"from the directory it was trained in")
         raise FileNotFoundError(f"{FLAG}={teacher_from!r} has no config.json; point it at the "
                                 f"workdir of a finished fine-tuning run (jssl train "
                                 f"--config=experiments/supervised.py:...) or distillation run")
@@ -55,15 +61,11 @@ def teacher_label_fraction(teacher_from: str, _seen: tuple[str, ...] = ()) -> fl
     method = saved.get("method")
     if method == "distill":
         source = str(saved.get("teacher_from") or "")
-        if os.path.normpath(source) in _seen + (os.path.normpath(teacher_from),):
+        chain = (*_seen, os.path.normpath(teacher_from))
+        if os.path.normpath(source) in chain:
             raise ValueError(f"{FLAG}={teacher_from!r}: its chain of teachers loops back to "
                              f"{source!r}")
-        if not os.path.isfile(os.path.join(source, "config.json")):
-            raise FileNotFoundError(f"{FLAG}={teacher_from!r} is a distilled run whose own "
-                                    f"teacher {source!r} (its config.json's teacher_from) has "
-                                    f"no config.json; the labels behind it are read there: "
-                                    f"run from the directory it was trained in")
-        return teacher_label_fraction(source, _seen + (os.path.normpath(teacher_from),))
+        return teacher_label_fraction(source, chain)
     if method != "supervised":
         raise ValueError(f"{FLAG}={teacher_from!r} is a {method!r} run; the teacher must be "
                          f"a supervised, fine-tuned or distilled run (method 'supervised' or "
