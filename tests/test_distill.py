@@ -62,6 +62,31 @@ def test_distillation_loss_rejects_bad_inputs():
         losses.knowledge_distillation(jnp.zeros(4), jnp.zeros(4))
 
 
+@pytest.mark.parametrize("tau", [1.0, 2.5])
+def test_ensemble_logits_give_the_mean_of_the_members_probabilities(tau):
+    """softmax(ℓ/τ) is the mean of the members' tempered probabilities (Hinton et al. 2015),
+    so the distillation loss against ℓ is the cross-entropy to that mean (NumPy)."""
+    rng = np.random.default_rng(4)
+    members = [rng.normal(size=(6, 5)).astype(np.float32) * 4 for _ in range(3)]
+    s = rng.normal(size=(6, 5)).astype(np.float32)
+    mean_p = np.mean([_np_softmax(t.astype(np.float64) / tau) for t in members], 0)
+    ell = losses.ensemble_logits([jnp.asarray(t) for t in members], tau)
+    np.testing.assert_allclose(_np_softmax(np.asarray(ell, np.float64) / tau), mean_p,
+                               rtol=1e-5, atol=1e-7)
+    want = np.mean(-np.sum(mean_p * np.log(_np_softmax(s.astype(np.float64) / tau)), -1))
+    np.testing.assert_allclose(float(losses.knowledge_distillation(s, ell, tau)), want,
+                               rtol=1e-5)
+    one = losses.ensemble_logits([members[0]], tau)  # E = 1: the member's own probabilities
+    np.testing.assert_allclose(_np_softmax(np.asarray(one, np.float64) / tau),
+                               _np_softmax(members[0].astype(np.float64) / tau), atol=1e-6)
+    with pytest.raises(ValueError, match=r"teacher_logits is empty"):
+        losses.ensemble_logits([], tau)
+    with pytest.raises(ValueError, match=r"teacher_logits\[0\].*teacher_logits\[1\]"):
+        losses.ensemble_logits([members[0], members[1][:, :4]], tau)
+    with pytest.raises(ValueError, match=r"temperature.*0"):
+        losses.ensemble_logits(members, 0.0)
+
+
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory):
     """A finished tiny supervised run on half of the labels (the teacher)."""
@@ -137,6 +162,51 @@ def test_a_student_can_teach_a_second_round_at_the_first_teachers_labels(tmp_pat
     third.teacher_from = str(lost)
     with pytest.raises(FileNotFoundError, match=r"whose own teacher .*gone.* has no config"):
         train(third, tmp_path / "round4")
+
+
+def test_an_ensemble_teacher_holds_every_member_and_needs_one_label_subset(tmp_path,
+                                                                          teacher_run):
+    """--config.teacher_from=A,B: both fine-tuned runs sit in the student's state bit for bit;
+    the student of an ensemble of A with itself is the student of A (the mean of equal
+    probabilities is those probabilities); members fine-tuned on different label subsets are
+    refused before anything is restored."""
+    other = tiny_config(tmp_path, "supervised", **{"data.label_fraction": 0.5,
+                                                   "optim.warmup_steps": 0,
+                                                   "optim.base_lr": 0.05})
+    train(other, tmp_path / "other")
+    config = tiny_config(tmp_path, "distill", **{"optim.warmup_steps": 0})
+    config.teacher_from = f"{teacher_run}, {tmp_path / 'other'}"
+    summary = run(config, tmp_path / "ens")
+    with Checkpointer(tmp_path / "ens", async_save=False) as ckpt:
+        student = ckpt.restore().state
+    for name, source in (("teacher", teacher_run), ("teacher_2", tmp_path / "other")):
+        with Checkpointer(source, async_save=False) as ckpt:
+            want = ckpt.restore().state
+        for a, b in zip(_leaves(want["params"]), _leaves(student["extra"][name]["params"]),
+                        strict=True):
+            np.testing.assert_array_equal(a, b)
+    own = [r for r in summary["results"] if r["kind"] == "distill"]
+    assert own[0]["label_fraction"] == 0.5
+    assert own[0]["protocol"] == "distilled from work + other (50% labels + unlabelled images)"
+
+    single = tiny_config(tmp_path, "distill", **{"optim.warmup_steps": 0})
+    single.teacher_from = str(teacher_run)
+    twice = tiny_config(tmp_path, "distill", **{"optim.warmup_steps": 0})
+    twice.teacher_from = f"{teacher_run},{teacher_run}"
+    a, _ = train(single, tmp_path / "single")
+    b, _ = train(twice, tmp_path / "twice")
+    for x, y in zip(_leaves(a.params), _leaves(b.params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+    for i, record in enumerate(({"label_fraction": 0.25}, {"label_fraction": 0.5, "seed": 1})):
+        fake = tmp_path / f"fake{i}"  # a fine-tuned run's record on another label subset
+        fake.mkdir()
+        (fake / "config.json").write_text(json.dumps(
+            {"method": "supervised", "seed": record.pop("seed", 0), "data": record}))
+        config.teacher_from = f"{teacher_run},{fake}"
+        with pytest.raises(ValueError, match=r"the teachers learned from different label "
+                                             r"subsets .*fine-tune every teacher with the same"):
+            train(config, tmp_path / f"bad{i}")
 
 
 def test_distill_refuses_a_missing_or_wrong_teacher_and_a_label_subset(tmp_path, teacher_run):

@@ -18,7 +18,7 @@ from jssl.data.subset import labelled_subset, source_labels
 from jssl.evaluate import results_doc
 from jssl.train.checkpoint import Checkpointer
 from jssl.train.loop import train
-from jssl.train.run import run
+from jssl.train.run import backbone, run
 
 # One xdist worker runs this module, so its module-scoped fixtures (compiled train steps)
 # are built once, not once per worker (`pytest -n 2 --dist loadgroup`).
@@ -94,6 +94,57 @@ def test_lp_ft_freezes_the_ssl_encoder_while_the_classifier_trains(tmp_path, ssl
     stats_before = jax.tree.leaves(jax.device_get(saved["variables"]["batch_stats"]["encoder"]))
     stats_after = jax.tree.leaves(jax.device_get(state.variables["batch_stats"]["encoder"]))
     assert any(not np.array_equal(a, b) for a, b in zip(stats_before, stats_after, strict=True))
+
+
+def test_finetuning_from_the_first_projector_block_copies_it_and_computes_w_relu_bn(
+        tmp_path, ssl_run):
+    """SimCLRv2's fine-tuning from the middle of the head (keep_hidden = 1): the encoder and
+    the projector's first Linear + BatchNorm come from the SSL run bit for bit, and the
+    network computes logits = W·relu(BN(f(x)·W0)) + b (a NumPy reference on the state's
+    own params and statistics, eval mode)."""
+    from jssl.methods import get_method
+
+    workdir, ssl_config = ssl_run
+    config = tiny_config(tmp_path, "supervised", **{"train.steps": 1, "optim.warmup_steps": 0,
+                                                    "optim.base_lr": 0.0})
+    config.init_from = str(workdir)
+    config.model.projector.hidden_dim = ssl_config.model.projector.hidden_dim
+    config.model.projector.keep_hidden = 1
+    assert backbone(config) == "resnet tiny (cifar stem) + 1 projector block (32)"
+    state, method = train(config, tmp_path / "ft")
+    saved = jax.device_get(_saved(workdir)["params"]["projector"])
+    mine = jax.device_get(state.params["projector"])
+    assert sorted(mine) == ["bn0", "linear0"] and "linear1" in saved
+    for name in mine:
+        for a, b in zip(jax.tree.leaves(saved[name]), jax.tree.leaves(mine[name]), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    variables = {"params": state.params, **state.variables}
+    x = np.random.default_rng(3).uniform(size=(5, 28, 28, 1)).astype(np.float32)
+    h = np.asarray(method.net.encoder.apply(
+        {"params": state.params["encoder"],
+         "batch_stats": state.variables["batch_stats"]["encoder"]}, x, train=False), np.float64)
+    stats = jax.device_get(state.variables["batch_stats"]["projector"]["bn0"])
+    u = h @ np.asarray(mine["linear0"]["kernel"], np.float64)
+    u = ((u - stats["mean"]) / np.sqrt(stats["var"] + 1e-5) * mine["bn0"]["scale"]
+         + mine["bn0"]["bias"])
+    z = np.maximum(u, 0.0)
+    head = jax.device_get(state.params["classifier"]["linear"])
+    features, logits = method.net.apply(variables, x, train=False)
+    np.testing.assert_allclose(np.asarray(features), z, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(logits), z @ head["kernel"] + head["bias"],
+                               rtol=1e-5, atol=1e-5)
+    assert features.shape == (5, ssl_config.model.projector.hidden_dim)
+
+    config.model.projector.keep_hidden = 2  # a 2-layer projector has one hidden block
+    with pytest.raises(ValueError, match=r"config.model.projector.keep_hidden=2: a 2-layer "
+                                         r"projector has 0..1 hidden blocks to keep"):
+        get_method("supervised")(config, None)
+    config.model.projector.keep_hidden = 1
+    config.model.projector.hidden_dim = 2 * ssl_config.model.projector.hidden_dim
+    with pytest.raises(ValueError, match=r"params\['projector'\].*has shape .* use the same "
+                                         r"projector config as that run"):
+        train(config, tmp_path / "ft2")
 
 
 def test_finetuning_refuses_a_different_encoder(tmp_path, ssl_run):
@@ -233,6 +284,13 @@ def test_label_efficiency_backbone_with_more_label_fractions_comes_first():
             _run_record("ssl_tiny", "simclr", "resnet tiny",
                         [{"kind": "linear", "label_fraction": 1.0, "accuracy": 0.99}])]
     assert results_doc.backbones_by_evidence(runs) == ["resnet tiny_wide", "resnet tiny"]
+    # A fine-tuned run with nothing to compare it with on its backbone (no SSL or
+    # from-scratch run) gets no table of its own.
+    lone = _run_record("ft_head", "supervised", "resnet tiny + 1 projector block (32)",
+                       [{"kind": "finetune", "label_fraction": 0.01, "accuracy": 0.5}], 0.01,
+                       init_from="runs/ssl_tiny")
+    assert results_doc.backbones_by_evidence([*runs, lone]) == ["resnet tiny_wide",
+                                                                "resnet tiny"]
     assert results_doc.label_efficiency(runs, {}) == {
         "supervised from scratch": {0.01: 0.01, 0.1: 0.1, 1.0: 1.0}}
     assert results_doc.label_efficiency(runs, {}, "resnet tiny") == {
@@ -291,3 +349,14 @@ def test_label_efficiency_distillation_curve_follows_the_teacher_chain():
     row = results_doc.runs_table([student], {}).splitlines()[-1]
     assert row.startswith("| student_best | distill, 1% labels (the teacher's) | resnet w |")
     assert "| 85.00 | – |" in row  # the student's own classifier
+    # An ensemble student counts when every teacher is recorded, on a curve named after all
+    # their SSL runs; one with an unrecorded member does not.
+    ensemble = {**_run_record("student_ens", "distill", "resnet w",
+                              [{"kind": "distill", "label_fraction": 0.01, "accuracy": 0.89}]),
+                "teacher_from": "runs/ft_best, runs/ft_other/"}
+    half = {**_run_record("student_half", "distill", "resnet w",
+                          [{"kind": "distill", "label_fraction": 0.01, "accuracy": 0.99}]),
+            "teacher_from": "runs/ft_best,runs/unrecorded"}
+    curves = results_doc.label_efficiency([*runs, student, round2, orphan, ensemble, half], {})
+    assert "ssl_best + fine-tuning + distillation" not in curves
+    assert curves["ssl_best / ssl_other + fine-tuning + distillation"] == {0.01: 0.89}

@@ -166,7 +166,8 @@ def _best_per_fraction(runs: list[dict], kind: str) -> dict[float, float]:
 
 
 def backbones_by_evidence(runs: list[dict]) -> list[str]:
-    """Backbones that have supervised runs, the best-covered first: ranked by the number of
+    """Backbones that have supervised runs and a from-scratch or SSL run to compare them
+    with, the best-covered first: ranked by the number of
     label fractions with a from-scratch run, then by the best SSL linear probe on the
     backbone, then by name (deterministic whatever the order of the files)."""
     def best_probe(backbone: str) -> float:
@@ -177,7 +178,8 @@ def backbones_by_evidence(runs: list[dict]) -> list[str]:
         return len({r["label_fraction"] for r in runs if r["method"] == "supervised"
                     and r["backbone"] == backbone and not _init_name(r)})
 
-    found = sorted({r["backbone"] for r in runs if r["method"] == "supervised"})
+    found = sorted({r["backbone"] for r in runs if r["method"] == "supervised"
+                    and (covered(r["backbone"]) or best_probe(r["backbone"]))})
     return sorted(found, key=lambda b: (-covered(b), -best_probe(b), b))
 
 
@@ -213,29 +215,36 @@ def label_efficiency(runs: list[dict], baselines: dict,
     return curves
 
 
+def _teacher_names(run: dict) -> list[str]:
+    """Run names of a distilled run's teachers (``teacher_from``, comma-separated)."""
+    return [Path(t.strip().rstrip("/")).name
+            for t in str(run.get("teacher_from") or "").split(",") if t.strip()]
+
+
 def _distillation_curve(runs: list[dict], backbone: str | None, finetuned: list[dict],
                         prefer: str | None) -> dict[str, dict[float, float]]:
     """{"<SSL run> + fine-tuning + distillation": {fraction: accuracy}} of the distilled
-    students on ``backbone`` whose teachers are recorded fine-tuning runs (``finetuned``) or,
-    for later rounds, recorded students of those; best per label fraction; only those whose
-    first teacher started from the SSL run ``prefer`` when there are any; empty if none."""
-    teachers = {r["config"]: _init_name(r) for r in finetuned}
+    students on ``backbone`` whose teachers (all of an ensemble's) are recorded fine-tuning
+    runs (``finetuned``) or, for later rounds, recorded students of those; best per label
+    fraction; only those with a first teacher that started from the SSL run ``prefer`` when
+    there are any; empty if none."""
+    teachers = {r["config"]: {_init_name(r)} for r in finetuned}
     candidates = [r for r in runs if r["method"] == "distill" and r["backbone"] == backbone]
-    students: list[tuple[dict, str]] = []
-    while found := [(r, teachers[t]) for r in candidates if r["config"] not in teachers
-                    and (t := Path(str(r.get("teacher_from") or "").rstrip("/")).name)
-                    in teachers]:
+    students: list[tuple[dict, set[str]]] = []
+    while found := [(r, set().union(*(teachers[t] for t in names)))
+                    for r in candidates if r["config"] not in teachers
+                    and (names := _teacher_names(r)) and all(t in teachers for t in names)]:
         students += found
         teachers.update({r["config"]: source for r, source in found})
-    if any(source == prefer for _, source in students):
-        students = [(r, source) for r, source in students if source == prefer]
+    if any(prefer in source for _, source in students):
+        students = [(r, source) for r, source in students if prefer in source]
     points: dict[float, float] = {}
     sources = set()
     for r, source in students:
         if (own := _distilled(r)) is not None:
             f = own["label_fraction"]
             points[f] = max(own["accuracy"], points.get(f, 0.0))
-            sources.add(source)
+            sources |= source
     if not points:
         return {}
     return {f"{' / '.join(sorted(sources))} + fine-tuning + distillation": points}

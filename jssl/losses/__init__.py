@@ -7,7 +7,13 @@ axes) when called inside ``jax.shard_map``, where it all-gathers what it needs
 and returns the global-batch value on every device. See docs/losses.md.
 """
 from jssl.losses.contrastive import info_nce, moco, moco_update_queue, nt_xent
-from jssl.losses.distillation import byol, dino, dino_update_center, knowledge_distillation
+from jssl.losses.distillation import (
+    byol,
+    dino,
+    dino_update_center,
+    ensemble_logits,
+    knowledge_distillation,
+)
 from jssl.losses.image_text import clip, siglip
 from jssl.losses.prediction import classification, mae, masked_lm, next_token, span_corruption
 from jssl.losses.sharding import shard_loss
@@ -26,6 +32,7 @@ __all__ = [
     "codebook_perplexity",
     "dino",
     "dino_update_center",
+    "ensemble_logits",
     "info_nce",
     "knowledge_distillation",
     "mae",

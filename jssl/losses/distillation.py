@@ -1,4 +1,5 @@
-"""Self-distillation losses without negatives: BYOL and DINO.
+"""Self-distillation losses without negatives: BYOL and DINO; distillation from a fixed
+(ensemble) teacher's class probabilities.
 
 The target/teacher side always carries a stop-gradient: no gradient reaches the
 EMA network through these losses. Both are per-example losses; with
@@ -170,3 +171,27 @@ def knowledge_distillation(
     log_p = jax.nn.log_softmax(as_f32(student_logits) / temperature, axis=-1)
     per_example = -jnp.sum(target * log_p, axis=-1)
     return global_mean(jnp.sum(per_example), per_example.size, axis_name)
+
+
+def ensemble_logits(teacher_logits: Sequence[jax.Array], temperature: float = 1.0) -> jax.Array:
+    """Scores of an ensemble teacher (Hinton et al. 2015, §2: distilling an ensemble into
+    one model): the mean of the E members' tempered class probabilities, as logits,
+
+        ℓ = τ · log( (1/E) Σ_e softmax(t_e / τ) ),   so   softmax(ℓ / τ) = (1/E) Σ_e P^T_e
+
+    and ``knowledge_distillation(s, ℓ, τ)`` is the cross-entropy to the ensemble's mean
+    probabilities. Computed with a logsumexp over members (no log of a small mean).
+    Per example: no reduction, no cross-device communication.
+
+    Args:
+      teacher_logits: E ≥ 1 arrays [..., K] of the members' scores for the same inputs.
+      temperature: τ > 0, the same as the distillation loss's.
+    """
+    if not teacher_logits:
+        raise ValueError("teacher_logits is empty; pass the scores of at least one teacher")
+    for i, t in enumerate(teacher_logits[1:], 1):
+        check_same_shape("teacher_logits[0]", teacher_logits[0], f"teacher_logits[{i}]", t)
+    check_positive("temperature", temperature, "use the distillation loss's temperature")
+    log_p = jnp.stack([jax.nn.log_softmax(as_f32(t) / temperature, axis=-1)
+                       for t in teacher_logits])
+    return temperature * (jax.nn.logsumexp(log_p, axis=0) - jnp.log(len(teacher_logits)))

@@ -7,13 +7,16 @@ not, with its class probabilities, and a student with the same backbone is train
     teacher:  f_T = the fine-tuned run in ``config.teacher_from`` (encoder + classifier,
               BatchNorm in inference mode), frozen: it lives in the extra state, not in the
               trained params, and its logits carry a stop-gradient; it may itself be a
-              distilled student (another round; the labels are still its first teacher's)
+              distilled student (another round; the labels are still its first teacher's);
+              several runs, comma-separated, make an ensemble teacher whose probabilities
+              are the mean of theirs (Hinton et al. 2015), all fine-tuned on the same labels
     student:  f_S = the same EncoderClassifier; its encoder starts from ``config.init_from``
               (the SSL run) when given, else from scratch; the classifier starts at zero
     view(x) = random resized crop + flip (as fine-tuning), one view seen by both networks;
               with ``loss.teacher_view="clean"`` the teacher sees the whole image instead
               (Noisy Student, Xie et al. 2020: an un-noised teacher, a noised student)
-    loss    = mean over the global batch of  −Σ_k softmax(f_T(v)/τ)_k · log softmax(f_S(v)/τ)_k
+    loss    = mean over the global batch of  −Σ_k P^T_k(v) · log softmax(f_S(v)/τ)_k,
+              P^T = softmax(f_T(v)/τ), or (1/E) Σ_e softmax(f_T_e(v)/τ) for E teachers
               (eq. 2; τ = ``loss.temperature``, 1 in the paper), over every training image;
               the labels are not read
 
@@ -40,11 +43,40 @@ FLAG = "config.teacher_from"
 TEACHER_VIEWS = ("same", "clean")
 
 
-def teacher_label_fraction(teacher_from: str, _seen: tuple[str, ...] = ()) -> float:
+def teacher_runs(teacher_from: str) -> list[str]:
+    """The teachers' workdirs: ``config.teacher_from`` split at commas."""
+    runs = [t.strip() for t in str(teacher_from).split(",") if t.strip()]
+    if not runs:
+        raise ValueError(f"{FLAG}={teacher_from!r}: distillation needs a teacher; pass "
+                         f"--{FLAG}=WORKDIR of a fine-tuned run (or WORKDIR,WORKDIR,... for "
+                         f"an ensemble)")
+    return runs
+
+
+def teacher_label_fraction(teacher_from: str) -> float:
     """The fraction of labels behind the teacher: ``data.label_fraction`` in its run's
     ``config.json`` for a supervised / fine-tuned run; for a distilled student (a second
     round, as Noisy Student iterates), that of the teacher *it* learned from, followed
-    through the ``teacher_from`` its ``config.json`` records."""
+    through the ``teacher_from`` its ``config.json`` records. For an ensemble, every
+    member's labels must be the same subset (same fraction and seed), or it is refused."""
+    subsets = {}
+    for run in teacher_runs(teacher_from):
+        for root in labelled_runs(run):
+            subsets.setdefault((float(root.get("data", {}).get("label_fraction", 1.0)),
+                                root.get("seed", 0)), run)
+    if len(subsets) > 1:
+        found = ", ".join(f"{run} (label_fraction {f}, seed {s})"
+                          for (f, s), run in sorted(subsets.items()))
+        raise ValueError(f"{FLAG}={teacher_from!r}: the teachers learned from different label "
+                         f"subsets ({found}); together they would use more labels than any "
+                         f"one: fine-tune every teacher with the same data.label_fraction and "
+                         f"seed")
+    return next(iter(subsets))[0]
+
+
+def labelled_runs(teacher_from: str, _seen: tuple[str, ...] = ()) -> list[dict]:
+    """The saved configs of the supervised / fine-tuned runs whose labels are behind the
+    teacher ``teacher_from`` (one workdir), following distilled runs' ``teacher_from``."""
     path = os.path.join(teacher_from, "config.json")
     if not os.path.isfile(path):
         if _seen:  # a link further down a chain of distilled runs
@@ -60,17 +92,19 @@ def teacher_label_fraction(teacher_from: str, _seen: tuple[str, ...] = ()) -> fl
         saved = json.load(f)
     method = saved.get("method")
     if method == "distill":
-        source = str(saved.get("teacher_from") or "")
         chain = (*_seen, os.path.normpath(teacher_from))
-        if os.path.normpath(source) in chain:
-            raise ValueError(f"{FLAG}={teacher_from!r}: its chain of teachers loops back to "
-                             f"{source!r}")
-        return teacher_label_fraction(source, chain)
+        roots = []
+        for source in teacher_runs(saved.get("teacher_from") or ""):
+            if os.path.normpath(source) in chain:
+                raise ValueError(f"{FLAG}={teacher_from!r}: its chain of teachers loops back "
+                                 f"to {source!r}")
+            roots += labelled_runs(source, chain)
+        return roots
     if method != "supervised":
         raise ValueError(f"{FLAG}={teacher_from!r} is a {method!r} run; the teacher must be "
                          f"a supervised, fine-tuned or distilled run (method 'supervised' or "
                          f"'distill')")
-    return float(saved.get("data", {}).get("label_fraction", 1.0))
+    return [saved]
 
 
 class Distill(Supervised):
@@ -82,6 +116,10 @@ class Distill(Supervised):
         if not source:
             raise ValueError(f"{FLAG}={source!r}: distillation needs a teacher; pass "
                              f"--{FLAG}=WORKDIR of a fine-tuned run")
+        self.teachers = teacher_runs(source)
+        #: extra-state names of the frozen teachers ("teacher" alone for one)
+        self.teacher_names = ["teacher"] + [f"teacher_{i}" for i in
+                                            range(2, len(self.teachers) + 1)]
         if float(config.data.get("label_fraction", 1.0)) != 1.0:
             raise ValueError(f"config.data.label_fraction={config.data.label_fraction}: the "
                              f"student learns from every training image (its labels are not "
@@ -96,7 +134,8 @@ class Distill(Supervised):
 
     def init(self, key, batch):
         variables, _ = super().init(key, batch)
-        return variables, {"teacher": dict(variables)}  # the real one comes in load_frozen
+        # the real ones come in load_frozen
+        return variables, {name: dict(variables) for name in self.teacher_names}
 
     def prepare(self, batch, key):
         out = {"views": super().prepare(batch, key)["views"]}  # the labels stay behind
@@ -109,16 +148,20 @@ class Distill(Supervised):
 
     def load_frozen(self, state: Any) -> Any:
         self.teacher_fraction = teacher_label_fraction(self.teacher_from)
-        restored = restore_run(self.teacher_from, FLAG, "train the fine-tuned teacher first")
-        saved = {"params": saved_params(restored), **saved_variables(restored)}
-        teacher = {name: copy_tree(tree, saved[name], name, self.teacher_from, FLAG)
-                   for name, tree in state.extra["teacher"].items()}
-        return state.replace(extra={**state.extra, "teacher": teacher})
+        extra = dict(state.extra)
+        for name, run in zip(self.teacher_names, self.teachers, strict=True):
+            restored = restore_run(run, FLAG, "train the fine-tuned teacher first")
+            saved = {"params": saved_params(restored), **saved_variables(restored)}
+            extra[name] = {part: copy_tree(tree, saved[part], part, run, FLAG)
+                           for part, tree in state.extra[name].items()}
+        return state.replace(extra=extra)
 
     def loss(self, params, variables, extra, batch, key, step):
         views = batch["views"]
-        _, teacher_logits = self.net.apply(extra["teacher"], batch.get("teacher_views", views),
-                                           train=False)
+        scores = [self.net.apply(extra[name], batch.get("teacher_views", views), train=False)[1]
+                  for name in self.teacher_names]
+        teacher_logits = (scores[0] if len(scores) == 1
+                          else losses.ensemble_logits(scores, self.temperature))
         (_, logits), new_vars = self.net.apply({**variables, "params": params}, views,
                                                train=True, mutable=["batch_stats"])
         loss = losses.knowledge_distillation(logits, teacher_logits, self.temperature)
@@ -127,5 +170,5 @@ class Distill(Supervised):
 
     def own_protocol(self) -> tuple[str, str, float]:
         frac = self.teacher_fraction
-        return (f"distilled from {os.path.basename(self.teacher_from.rstrip('/'))} "
-                f"({frac:.0%} labels + unlabelled images)", "distill", frac)
+        names = " + ".join(os.path.basename(t.rstrip("/")) for t in self.teachers)
+        return f"distilled from {names} ({frac:.0%} labels + unlabelled images)", "distill", frac

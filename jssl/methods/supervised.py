@@ -16,6 +16,12 @@ this method with ``config.init_from`` naming an SSL run's workdir (or checkpoint
 directory): its ``params["encoder"]`` and ``batch_stats["encoder"]`` replace the fresh
 encoder before the first step (``jssl.train.pretrained``); the classifier starts at zero.
 
+Fine-tuning from the middle of the projection head (SimCLRv2, Chen et al. 2020b, §2):
+with ``config.model.projector.keep_hidden = k > 0`` the classifier sits on the first k
+``Linear-BN-ReLU`` blocks of the SSL run's projector, g_k(f_θ(x)), copied with the encoder
+and trained with it ("fine-tuning from the first layer of the projection head" is k = 1).
+The probes' features are then the classifier's input, g_k(f_θ(x)).
+
 Evaluation reports the classifier's own test accuracy (``predict``) next to the usual
 kNN and linear probes of the encoder's features.
 """
@@ -31,18 +37,36 @@ from jssl import losses
 from jssl.augment.recipes import ViewParams, make_views
 from jssl.methods.base import Method
 from jssl.models.encoders import make_encoder
-from jssl.models.heads import LinearClassifier
+from jssl.models.heads import LinearClassifier, ProjectionMLP
 
 
 class EncoderClassifier(nn.Module):
-    """logits = W f(x) + b; returns (features, logits)."""
+    """logits = W g(f(x)) + b, g the kept projector blocks or the identity; returns
+    (the classifier's input, logits)."""
 
     encoder: nn.Module
     classifier: nn.Module
+    projector: nn.Module | None = None
 
     def __call__(self, x: jax.Array, *, train: bool = True) -> tuple[jax.Array, jax.Array]:
         h = self.encoder(x, train=train)
+        if self.projector is not None:
+            h = self.projector(h, train=train)
         return h, self.classifier(h, train=train)
+
+
+def kept_projector(config: Any) -> ProjectionMLP | None:
+    """The first ``config.model.projector.keep_hidden`` blocks of the SSL run's projector
+    (None when 0 or absent: the classifier sits on the encoder)."""
+    cfg = config.model.get("projector")
+    keep = int(cfg.get("keep_hidden", 0)) if cfg is not None else 0
+    if keep == 0:
+        return None
+    if keep < 0 or keep > cfg.num_layers - 1:
+        raise ValueError(f"config.model.projector.keep_hidden={keep}: a {cfg.num_layers}-layer "
+                         f"projector has 0..{cfg.num_layers - 1} hidden blocks to keep")
+    return ProjectionMLP(hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers,
+                         use_bn=cfg.get("use_bn", True), keep_hidden=keep)
 
 
 class Supervised(Method):
@@ -51,7 +75,8 @@ class Supervised(Method):
     def __init__(self, config: Any, mesh: jax.sharding.Mesh):
         super().__init__(config, mesh)
         self.net = EncoderClassifier(make_encoder(config.model.encoder),
-                                     LinearClassifier(config.eval.num_classes))
+                                     LinearClassifier(config.eval.num_classes),
+                                     kept_projector(config))
         aug = config.augment
         self.out_size = aug.size
         self.view = ViewParams(scale=tuple(aug.scale), flip_p=aug.get("flip_p", 0.5),

@@ -50,6 +50,9 @@ class ProjectionMLP(nn.Module):
       axis_name: mesh axis for synchronised BN statistics.
       bn_momentum: running-average momentum.
       dtype: computation dtype (output float32).
+      keep_hidden: when set, only the first ``keep_hidden`` ``Linear-BN-ReLU`` blocks, same
+        names and shapes (SimCLRv2's fine-tuning "from the middle of the head": they are
+        initialised from a pretrained projector's and trained with the classifier on top).
     """
 
     hidden_dim: int = 2048
@@ -61,19 +64,27 @@ class ProjectionMLP(nn.Module):
     axis_name: str | None = None
     bn_momentum: float = 0.9
     dtype: Dtype = jnp.float32
+    keep_hidden: int | None = None
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = True) -> jnp.ndarray:
-        """``x [B, D_in] -> [B, out_dim]`` float32; ``train`` uses/updates ``batch_stats``."""
+        """``x [B, D_in] -> [B, out_dim]`` float32 (``[B, hidden_dim]`` with ``keep_hidden``);
+        ``train`` uses/updates ``batch_stats``."""
         if self.num_layers < 1:
             raise ValueError(f"num_layers={self.num_layers}: need at least 1 Linear layer")
+        hidden = self.num_layers - 1 if self.keep_hidden is None else self.keep_hidden
+        if not 0 <= hidden <= self.num_layers - 1:
+            raise ValueError(f"keep_hidden={self.keep_hidden}: a {self.num_layers}-layer "
+                             f"projector has {self.num_layers - 1} hidden blocks to keep")
         x = x.astype(self.dtype)
-        for i in range(self.num_layers - 1):
+        for i in range(hidden):
             x = nn.Dense(self.hidden_dim, use_bias=not self.use_bn, dtype=self.dtype,
                          name=f"linear{i}")(x)
             if self.use_bn:
                 x = _bn(train, self.axis_name, self.dtype, self.bn_momentum, name=f"bn{i}")(x)
             x = nn.relu(x)
+        if self.keep_hidden is not None:
+            return x.astype(jnp.float32)
         i = self.num_layers - 1
         x = nn.Dense(self.out_dim, use_bias=not self.last_bn, dtype=self.dtype,
                      name=f"linear{i}")(x)

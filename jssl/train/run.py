@@ -63,7 +63,12 @@ def backbone(config: Any) -> str:
     if "widths" in enc:
         extras.append("widths " + "-".join(str(w) for w in enc.pop("widths")))
     extras += [f"{k} {v}" for k, v in sorted(enc.items()) if k not in ("norm", "dtype")]
-    return f"{name} ({', '.join(extras)})" if extras else name
+    name = f"{name} ({', '.join(extras)})" if extras else name
+    keep = int((config.model.get("projector") or {}).get("keep_hidden", 0) or 0)
+    if keep:  # a classifier on kept projector blocks (SimCLRv2): not the bare encoder
+        name += f" + {keep} projector block{'s' if keep > 1 else ''} " \
+                f"({config.model.projector.hidden_dim})"
+    return name
 
 
 def evaluate(config: Any, state, method, workdir: Path) -> tuple[list[dict], int]:
