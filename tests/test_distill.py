@@ -4,6 +4,7 @@ image, results reported at the teacher's label fraction)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -222,14 +223,48 @@ def test_distill_refuses_a_missing_or_wrong_teacher_and_a_label_subset(tmp_path,
     config.teacher_from = str(ssl)
     with pytest.raises(ValueError, match=r"is a 'simclr' run; the teacher must be"):
         train(config, tmp_path / "c")
-    config.teacher_from = str(teacher_run)
-    config.model.encoder.widths = (8, 16, 32, 32)
+    bad = tmp_path / "bad_record"  # a teacher whose config.json does not describe its weights
+    shutil.copytree(teacher_run, bad)
+    record = json.loads((bad / "config.json").read_text())
+    record["model"]["encoder"]["widths"] = [8, 16, 32, 32]
+    (bad / "config.json").write_text(json.dumps(record))
+    config.teacher_from = str(bad)
     with pytest.raises(ValueError, match=r"config.teacher_from=.*(do not match|has shape)"):
         train(config, tmp_path / "d")
     config = tiny_config(tmp_path, "distill", **{"data.label_fraction": 0.1})
     config.teacher_from = str(teacher_run)
     with pytest.raises(ValueError, match=r"config.data.label_fraction=0.1: the student learns"):
         train(config, tmp_path / "e")
+
+
+def test_a_student_may_be_smaller_than_its_teacher(tmp_path, teacher_run):
+    """The teacher's network is built from its run's config.json, not from the student's
+    config: a student with a narrower last stage (32 against the teacher's 64 channels)
+    trains, its frozen teacher holds the run's weights, and the teacher's scores inside the
+    student's state are the teacher run's own predictions."""
+    from jssl.methods import get_method
+
+    config = tiny_config(tmp_path, "distill", **{"optim.warmup_steps": 0})
+    config.teacher_from = str(teacher_run)
+    config.model.encoder.widths = (8, 16, 32, 32)
+    state, method = train(config, tmp_path / "small")
+    kernel = "kernel"
+    student_classifier = state.params["classifier"]["linear"][kernel]
+    teacher_classifier = state.extra["teacher"]["params"]["classifier"]["linear"][kernel]
+    assert student_classifier.shape == (32, 10) and teacher_classifier.shape == (64, 10)
+    with Checkpointer(teacher_run, async_save=False) as ckpt:
+        saved = ckpt.restore().state
+    for a, b in zip(_leaves(saved["params"]), _leaves(state.extra["teacher"]["params"]),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    own = json.loads((teacher_run / "config.json").read_text())
+    own_config = tiny_config(tmp_path, "supervised", **{"data.label_fraction": 0.5})
+    assert own["model"]["encoder"]["preset"] == own_config.model.encoder.preset
+    teacher_method = get_method("supervised")(own_config, None)
+    x = np.random.default_rng(5).uniform(size=(4, 28, 28, 1)).astype(np.float32)
+    want = teacher_method.predict({"params": saved["params"], **saved["variables"]}, {}, x)
+    got = method.teacher_nets[0].apply(state.extra["teacher"], x, train=False)[1]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
 
 
 def test_a_clean_teacher_sees_the_whole_image_and_the_student_a_view(tmp_path):

@@ -2,7 +2,7 @@
 
 SimCLRv2 is "pretrain without labels → fine-tune on the labelled few → distill". The
 fine-tuned network becomes a fixed teacher that labels every training image, labelled or
-not, with its class probabilities, and a student with the same backbone is trained on them:
+not, with its class probabilities, and a student (the same backbone or another) is trained on them:
 
     teacher:  f_T = the fine-tuned run in ``config.teacher_from`` (encoder + classifier,
               BatchNorm in inference mode), frozen: it lives in the extra state, not in the
@@ -10,8 +10,10 @@ not, with its class probabilities, and a student with the same backbone is train
               distilled student (another round; the labels are still its first teacher's);
               several runs, comma-separated, make an ensemble teacher whose probabilities
               are the mean of theirs (Hinton et al. 2015), all fine-tuned on the same labels
-    student:  f_S = the same EncoderClassifier; its encoder starts from ``config.init_from``
-              (the SSL run) when given, else from scratch; the classifier starts at zero
+    student:  f_S = an EncoderClassifier of ``config.model`` (the teachers' networks are
+              built from their runs' own config.json, so they may be bigger or smaller); its
+              encoder starts from ``config.init_from`` (the SSL run) when given, else from
+              scratch; the classifier starts at zero
     view(x) = random resized crop + flip (as fine-tuning), one view seen by both networks;
               with ``loss.teacher_view="clean"`` the teacher sees the whole image instead
               (Noisy Student, Xie et al. 2020: an un-noised teacher, a noised student)
@@ -32,9 +34,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from jssl import losses
-from jssl.methods.supervised import Supervised
+from jssl.methods.supervised import EncoderClassifier, Supervised, kept_projector
+from jssl.models.encoders import make_encoder
+from jssl.models.heads import LinearClassifier
 from jssl.train.pretrained import copy_tree, restore_run, saved_params, saved_variables
 
 FLAG = "config.teacher_from"
@@ -74,37 +79,59 @@ def teacher_label_fraction(teacher_from: str) -> float:
     return next(iter(subsets))[0]
 
 
-def labelled_runs(teacher_from: str, _seen: tuple[str, ...] = ()) -> list[dict]:
-    """The saved configs of the supervised / fine-tuned runs whose labels are behind the
-    teacher ``teacher_from`` (one workdir), following distilled runs' ``teacher_from``."""
-    path = os.path.join(teacher_from, "config.json")
+def saved_config(run: str, chain: tuple[str, ...] = ()) -> dict:
+    """The ``config.json`` of the teacher run ``run`` (a supervised, fine-tuned or distilled
+    run), lists as tuples; ``chain``: the distilled runs that led here (for the message)."""
+    path = os.path.join(run, "config.json")
     if not os.path.isfile(path):
-        if _seen:  # a link further down a chain of distilled runs
-            raise FileNotFoundError(f"{FLAG}={_seen[0]!r} is a distilled run whose own teacher "
-                                    f"{teacher_from!r} (the teacher_from in "
-                                    f"{os.path.join(_seen[-1], 'config.json')}) has no "
+        if chain:  # a link further down a chain of distilled runs
+            raise FileNotFoundError(f"{FLAG}={chain[0]!r} is a distilled run whose own teacher "
+                                    f"{run!r} (the teacher_from in "
+                                    f"{os.path.join(chain[-1], 'config.json')}) has no "
                                     f"config.json; the labels behind it are read there: run "
                                     f"from the directory it was trained in")
-        raise FileNotFoundError(f"{FLAG}={teacher_from!r} has no config.json; point it at the "
+        raise FileNotFoundError(f"{FLAG}={run!r} has no config.json; point it at the "
                                 f"workdir of a finished fine-tuning run (jssl train "
                                 f"--config=experiments/supervised.py:...) or distillation run")
     with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+        saved = json.load(f, object_pairs_hook=lambda pairs: {
+            k: tuple(v) if isinstance(v, list) else v for k, v in pairs})
     method = saved.get("method")
-    if method == "distill":
-        chain = (*_seen, os.path.normpath(teacher_from))
-        roots = []
-        for source in teacher_runs(saved.get("teacher_from") or ""):
-            if os.path.normpath(source) in chain:
-                raise ValueError(f"{FLAG}={teacher_from!r}: its chain of teachers loops back "
-                                 f"to {source!r}")
-            roots += labelled_runs(source, chain)
-        return roots
-    if method != "supervised":
-        raise ValueError(f"{FLAG}={teacher_from!r} is a {method!r} run; the teacher must be "
+    if method not in ("supervised", "distill"):
+        raise ValueError(f"{FLAG}={run!r} is a {method!r} run; the teacher must be "
                          f"a supervised, fine-tuned or distilled run (method 'supervised' or "
                          f"'distill')")
-    return [saved]
+    return saved
+
+
+def labelled_runs(teacher_from: str, _seen: tuple[str, ...] = ()) -> list[dict]:
+    """The saved configs of the supervised / fine-tuned runs whose labels are behind the
+    teacher ``teacher_from`` (one workdir), following distilled runs' ``teacher_from``."""
+    saved = saved_config(teacher_from, _seen)
+    if saved["method"] == "supervised":
+        return [saved]
+    chain = (*_seen, os.path.normpath(teacher_from))
+    roots = []
+    for source in teacher_runs(saved.get("teacher_from") or ""):
+        if os.path.normpath(source) in chain:
+            raise ValueError(f"{FLAG}={teacher_from!r}: its chain of teachers loops back "
+                             f"to {source!r}")
+        roots += labelled_runs(source, chain)
+    return roots
+
+
+def teacher_net(run: str) -> EncoderClassifier:
+    """The network of the teacher run ``run``, built from its own ``config.json`` (encoder,
+    kept projector blocks, classes): a teacher may differ from the student (SimCLRv2
+    distils big networks into small ones, and a small one into a bigger)."""
+    saved = saved_config(run)
+    if "encoder" not in saved.get("model", {}) or "num_classes" not in saved.get("eval", {}):
+        raise ValueError(f"{FLAG}={run!r}: its config.json has no model.encoder or "
+                         f"eval.num_classes to build the teacher from; point it at a jssl "
+                         f"run's workdir")
+    cfg = ml_collections.ConfigDict(saved)
+    return EncoderClassifier(make_encoder(cfg.model.encoder),
+                             LinearClassifier(cfg.eval.num_classes), kept_projector(cfg))
 
 
 class Distill(Supervised):
@@ -125,7 +152,7 @@ class Distill(Supervised):
                              f"student learns from every training image (its labels are not "
                              f"read); keep 1.0 and give the teacher the labelled fraction")
         self.teacher_from = str(source)
-        self.teacher_fraction: float | None = None  # read from the teacher run in load_frozen
+        self.teacher_fraction: float | None = None  # read from the teacher runs in init
         self.temperature = float(config.loss.get("temperature", 1.0))
         self.teacher_view = config.loss.get("teacher_view", "same")
         if self.teacher_view not in TEACHER_VIEWS:
@@ -134,8 +161,14 @@ class Distill(Supervised):
 
     def init(self, key, batch):
         variables, _ = super().init(key, batch)
-        # the real ones come in load_frozen
-        return variables, {name: dict(variables) for name in self.teacher_names}
+        # the labels behind the teachers (chains followed, one subset for all) first, then
+        # each teacher's own network; its trained weights come in load_frozen
+        self.teacher_fraction = teacher_label_fraction(self.teacher_from)
+        self.teacher_nets = [teacher_net(run) for run in self.teachers]
+        x = jnp.zeros((2, self.out_size, self.out_size, batch["image"].shape[-1]))
+        return variables, {name: dict(net.init(key, x, train=False))
+                           for name, net in zip(self.teacher_names, self.teacher_nets,
+                                                strict=True)}
 
     def prepare(self, batch, key):
         out = {"views": super().prepare(batch, key)["views"]}  # the labels stay behind
@@ -147,19 +180,19 @@ class Distill(Supervised):
         return out
 
     def load_frozen(self, state: Any) -> Any:
-        self.teacher_fraction = teacher_label_fraction(self.teacher_from)
         extra = dict(state.extra)
         for name, run in zip(self.teacher_names, self.teachers, strict=True):
             restored = restore_run(run, FLAG, "train the fine-tuned teacher first")
             saved = {"params": saved_params(restored), **saved_variables(restored)}
-            extra[name] = {part: copy_tree(tree, saved[part], part, run, FLAG)
+            extra[name] = {part: copy_tree(tree, saved[part], part, run, FLAG,
+                                           model_key="encoder of the teacher's config.json")
                            for part, tree in state.extra[name].items()}
         return state.replace(extra=extra)
 
     def loss(self, params, variables, extra, batch, key, step):
         views = batch["views"]
-        scores = [self.net.apply(extra[name], batch.get("teacher_views", views), train=False)[1]
-                  for name in self.teacher_names]
+        scores = [net.apply(extra[name], batch.get("teacher_views", views), train=False)[1]
+                  for name, net in zip(self.teacher_names, self.teacher_nets, strict=True)]
         teacher_logits = (scores[0] if len(scores) == 1
                           else losses.ensemble_logits(scores, self.temperature))
         (_, logits), new_vars = self.net.apply({**variables, "params": params}, views,
