@@ -8,7 +8,9 @@
     jssl neighbours --workdir=runs/word2vec --word=love [--word=...] [--k=10]
 
 ``train`` trains (resuming from the workdir's checkpoint if any) and then evaluates;
-``eval`` evaluates the workdir's newest checkpoint without training. Both take every flag
+``eval`` evaluates the workdir's newest checkpoint without training (its ``results.json``
+keeps the training run's command, time and date, adds ``eval_*`` fields, and reports the
+checkpoint's step). Both take every flag
 of ``python -m jssl.main`` (absl + ``ml_collections.config_flags``, multi-host flags too).
 ``results`` regenerates ``docs/RESULTS.md`` and its plot from the recorded runs.
 """

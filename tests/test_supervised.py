@@ -18,7 +18,7 @@ from jssl.data.subset import labelled_subset, source_labels
 from jssl.evaluate import results_doc
 from jssl.train.checkpoint import Checkpointer
 from jssl.train.loop import train
-from jssl.train.run import backbone, run
+from jssl.train.run import backbone, format_results, run
 
 # One xdist worker runs this module, so its module-scoped fixtures (compiled train steps)
 # are built once, not once per worker (`pytest -n 2 --dist loadgroup`).
@@ -185,6 +185,20 @@ def test_eval_mode_reproduces_the_trained_runs_numbers_and_needs_a_checkpoint(tm
     assert first["train_examples"] == 100 and first["epochs"] == pytest.approx(4 * 16 / 100)
     again = run(config, tmp_path / "w", mode="eval")
     assert [r["accuracy"] for r in again["results"]] == [r["accuracy"] for r in first["results"]]
+    # restoring is not training: the run's own command, time and date stay in results.json
+    saved = json.loads((tmp_path / "w" / "results.json").read_text())
+    for key in ("command", "train_wall_s", "hardware", "date", "steps", "load_avg_1m"):
+        assert saved[key] == first[key], key
+    assert {"eval_command", "eval_hardware", "eval_date", "eval_load_avg_1m"} <= set(saved)
+    # a run stopped before its evaluation (no results.json) is reported at the step its
+    # checkpoint reached, not the config's, and without a training time
+    (tmp_path / "w" / "results.json").unlink()
+    config.train.steps = 2 * first["steps"]
+    stopped = run(config, tmp_path / "w", mode="eval")
+    assert stopped["steps"] == first["steps"] and stopped["train_wall_s"] is None
+    assert stopped["epochs"] == pytest.approx(first["epochs"])
+    assert "4 steps × batch 16 · evaluated, not trained here" in format_results(stopped)
+    assert results_doc._train_time(stopped) == "–"
     with pytest.raises(FileNotFoundError, match=r"holds no checkpoint to evaluate"):
         run(config, tmp_path / "empty", mode="eval")
 

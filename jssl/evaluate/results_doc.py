@@ -64,6 +64,13 @@ def _load(run: dict) -> str:
     return "" if load is None else f" ({load:.1f})"
 
 
+def _train_time(run: dict) -> str:
+    """``12.3 min (load 2.0)``, or "–" for a run evaluated without its training record."""
+    if run.get("train_wall_s") is None:
+        return "–"
+    return f"{run['train_wall_s'] / 60:.1f} min{_load(run)}"
+
+
 def _value(r: dict) -> str:
     return f"{100 * r['accuracy']:.2f} %" if "accuracy" in r else f"{r['value']:.2f}"
 
@@ -84,7 +91,7 @@ def text_table(runs: list[dict]) -> str:
                             if not r.get("kind", "").startswith("linear")) or "–"
         rows.append(
             f"| {run['config']} | {run['method']} | {run.get('epochs', 0):.2f} "
-            f"| {run['train_wall_s'] / 60:.1f} min{_load(run)} | {pretext} "
+            f"| {_train_time(run)} | {pretext} "
             f"| {_pct(_find(run, 'linear'))} / {_pct(_find(run, 'linear', 0.1))} "
             f"| {_pct(_find(run, 'linear_random_init'))} / "
             f"{_pct(_find(run, 'linear_random_init', 0.1))} "
@@ -109,7 +116,7 @@ def speech_table(runs: list[dict]) -> str:
                             for _, kind in cols)
         rows.append(
             f"| {run['config']} | {run['method']} | {run.get('epochs', 0):.1f} "
-            f"| {run['train_wall_s'] / 60:.1f} min{_load(run)} | {pretext} | {probes} "
+            f"| {_train_time(run)} | {pretext} | {probes} "
             f"| {run['hardware']}, {run['date']} | `{run['command']}` |")
     return "\n".join(rows)
 
@@ -138,7 +145,7 @@ def runs_table(runs: list[dict], baselines: dict) -> str:
                           if r.get("kind") not in STANDARD) or "–"
         rows.append(
             f"| {run['config']} | {run['method']}{labels} | {run['backbone']} "
-            f"| {run.get('epochs', 0):.1f} | {run['train_wall_s'] / 60:.1f} min{_load(run)} "
+            f"| {run.get('epochs', 0):.1f} | {_train_time(run)} "
             f"| {_pct(_find(run, 'linear'))} | {_pct(_find(run, 'knn', k=20))} "
             f"| {_pct(_find(run, 'linear', 0.01))} | {_pct(own)} | {other} "
             f"| {run['hardware']}, {run['date']} | `{run['command']}` |")

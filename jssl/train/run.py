@@ -118,6 +118,8 @@ def run(config: Any, workdir: str | os.PathLike, mode: str = "train_eval") -> di
                "steps": int(config.train.steps), "batch_size": int(config.train.batch_size),
                "train_wall_s": train_time, "hardware": hardware(),
                "date": time.strftime("%Y-%m-%d"), "results": []}
+    if mode == "eval":
+        summary.update(eval_only_fields(Path(workdir), int(state.step)))
     if mode in ("eval", "train_eval") and "eval" in config:
         # A method with its own protocols (text, speech, image-text) defines ``evaluate``.
         evaluate_fn = getattr(method, "evaluate", None)
@@ -128,7 +130,8 @@ def run(config: Any, workdir: str | os.PathLike, mode: str = "train_eval") -> di
         summary["epochs"] = summary["steps"] * summary["batch_size"] / summary["train_examples"]
         summary["total_wall_s"] = time.perf_counter() - t0
     # Other work on a shared machine inflates wall times: record the 1-minute load average.
-    summary["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    summary["eval_load_avg_1m" if mode == "eval" else "load_avg_1m"] = round(
+        os.getloadavg()[0], 2)
     if jax.process_index() == 0:
         Path(workdir, "results.json").write_text(json.dumps(summary, indent=1))
         plot_curves(Path(workdir, "metrics.jsonl"), Path(workdir, "curves.png"))
@@ -136,9 +139,31 @@ def run(config: Any, workdir: str | os.PathLike, mode: str = "train_eval") -> di
     return summary
 
 
+def eval_only_fields(workdir: Path, step: int) -> dict:
+    """What ``jssl eval`` records instead of a training run's fields: the checkpoint's step
+    (a run stopped early is evaluated, and reported, at the step it reached), and the
+    training command, time, hardware and date of the ``results.json`` it replaces (restoring
+    is not training), with this evaluation's own command and date beside them."""
+    fields = {"steps": step, "train_wall_s": None, "eval_command": command_line(),
+              "eval_hardware": hardware(), "eval_date": time.strftime("%Y-%m-%d")}
+    previous = workdir / "results.json"
+    if previous.exists():
+        try:
+            before = json.loads(previous.read_text())
+        except (OSError, ValueError) as e:
+            log.warning("%s unreadable (%s): its training time is not carried over", previous, e)
+            before = {}
+        fields.update({k: before[k] for k in ("command", "train_wall_s", "hardware", "date",
+                                                   "load_avg_1m")
+                       if k in before and before.get("steps") == step})
+    return fields
+
+
 def format_results(summary: dict) -> str:
+    wall = summary.get("train_wall_s")
     lines = [f"{summary['method']} · {summary['steps']} steps × batch {summary['batch_size']} · "
-             f"train {summary['train_wall_s']:.0f} s · {summary['hardware']}"]
+             + (f"train {wall:.0f} s" if wall is not None else "evaluated, not trained here")
+             + f" · {summary['hardware']}"]
     for r in summary["results"]:
         number = (f"{100 * r['accuracy']:6.2f} %" if "accuracy" in r
                   else f"{r['value']:8.2f}")  # e.g. a perplexity
