@@ -289,3 +289,45 @@ def test_a_clean_teacher_sees_the_whole_image_and_the_student_a_view(tmp_path):
     config.loss.teacher_view = "noisy"
     with pytest.raises(ValueError, match=r"config.loss.teacher_view='noisy' is unknown"):
         Distill(config, make_mesh(config))
+
+
+def test_mixup_pairs_the_teachers_and_the_students_input_and_is_sharding_invariant(tmp_path):
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from jssl.methods.distill import Distill
+    from jssl.train.mesh import make_mesh
+
+    config = tiny_config(tmp_path, "distill")
+    config.teacher_from = "unread-teacher-workdir"  # prepare never reads the teacher
+    config.loss.teacher_view = "clean"
+    rng = np.random.default_rng(1)
+    batch = {"image": rng.integers(0, 256, (16, 28, 28, 1), dtype=np.uint8),
+             "label": np.zeros(16, np.int32)}
+    key = jax.random.key(3)
+    plain = jax.jit(Distill(config, make_mesh(config)).prepare)(batch, key)
+    config.loss.mixup = 1.0
+    mesh = make_mesh(config)
+    method = Distill(config, mesh)
+    mixed = jax.jit(method.prepare)(batch, key)
+    # λ_b from the clean images, which are known: tv = λ x + (1 − λ) x_rev
+    x = batch["image"].astype(np.float64) / 255.0
+    x_rev, tv = x[::-1], np.asarray(mixed["teacher_views"], np.float64)
+    diff = (x - x_rev).reshape(16, -1)
+    lam = np.sum((tv - x_rev).reshape(16, -1) * diff, 1) / np.sum(diff * diff, 1)
+    np.testing.assert_allclose(tv, lam[:, None, None, None] * x
+                               + (1 - lam[:, None, None, None]) * x_rev, atol=1e-6)
+    assert np.all((lam >= 0) & (lam <= 1)) and np.std(lam) > 0.05
+    # the student's views are the un-mixed views (same key) mixed with the same λ and partner
+    v = np.asarray(plain["views"], np.float64)
+    np.testing.assert_allclose(np.asarray(mixed["views"]), lam[:, None, None, None] * v
+                               + (1 - lam[:, None, None, None]) * v[::-1], atol=1e-5)
+    # the partner is the *global* batch reversed: the same on 8 devices as on one
+    assert mesh.devices.size == 8
+    sharded = {k: jax.device_put(a, NamedSharding(mesh, PartitionSpec("data")))
+               for k, a in batch.items()}
+    on_8 = jax.jit(method.prepare)(sharded, key)
+    for name in mixed:
+        np.testing.assert_allclose(np.asarray(on_8[name]), np.asarray(mixed[name]), atol=1e-6)
+    config.loss.mixup = -0.5
+    with pytest.raises(ValueError, match=r"config.loss.mixup=-0.5: .* use α > 0"):
+        Distill(config, make_mesh(config))

@@ -16,7 +16,11 @@ not, with its class probabilities, and a student (the same backbone or another) 
               scratch; the classifier starts at zero
     view(x) = random resized crop + flip (as fine-tuning), one view seen by both networks;
               with ``loss.teacher_view="clean"`` the teacher sees the whole image instead
-              (Noisy Student, Xie et al. 2020: an un-noised teacher, a noised student)
+              (Noisy Student, Xie et al. 2020: an un-noised teacher, a noised student);
+              with ``loss.mixup`` = α > 0 both networks see the mixed view
+              λ_b·v_b + (1 − λ_b)·v_{B−1−b}, λ_b ~ Beta(α, α) per example, the partner the
+              global batch reversed ("function matching", Beyer et al. 2022: the teacher is
+              queried on the student's exact input, which mixup moves off the data)
     loss    = mean over the global batch of  −Σ_k P^T_k(v) · log softmax(f_S(v)/τ)_k,
               P^T = softmax(f_T(v)/τ), or (1/E) Σ_e softmax(f_T_e(v)/τ) for E teachers
               (eq. 2; τ = ``loss.temperature``, 1 in the paper), over every training image;
@@ -134,6 +138,18 @@ def teacher_net(run: str) -> EncoderClassifier:
                              LinearClassifier(cfg.eval.num_classes), kept_projector(cfg))
 
 
+def mix(key: jax.Array, views: dict[str, jax.Array], alpha: float) -> dict[str, jax.Array]:
+    """Mixup of every array in ``views`` ([B, ...], the global batch) with the batch
+    reversed: ``λ_b·x_b + (1 − λ_b)·x_{B−1−b}``, one ``λ_b ~ Beta(α, α)`` per example shared
+    by all arrays, so the teacher's and the student's inputs stay paired."""
+    n = next(iter(views.values())).shape[0]
+    lam = jax.random.beta(key, alpha, alpha, (n,))
+    def blend(x: jax.Array) -> jax.Array:
+        w = lam.reshape((n,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+        return w * x + (1 - w) * jnp.flip(x, 0)
+    return {name: blend(x) for name, x in views.items()}
+
+
 class Distill(Supervised):
     name = "distill"
 
@@ -158,6 +174,10 @@ class Distill(Supervised):
         if self.teacher_view not in TEACHER_VIEWS:
             raise ValueError(f"config.loss.teacher_view={self.teacher_view!r} is unknown; use "
                              f"'same' (SimCLRv2) or 'clean' (Noisy Student)")
+        self.mixup = float(config.loss.get("mixup", 0.0))
+        if not self.mixup >= 0.0:
+            raise ValueError(f"config.loss.mixup={self.mixup}: it is mixup's Beta(α, α) "
+                             f"parameter; use α > 0 (1.0: λ uniform) or 0 for no mixup")
 
     def init(self, key, batch):
         variables, _ = super().init(key, batch)
@@ -177,6 +197,8 @@ class Distill(Supervised):
             size = (images.shape[0], self.out_size, self.out_size, images.shape[-1])
             out["teacher_views"] = (images if images.shape == size
                                     else jax.image.resize(images, size, "bilinear"))
+        if self.mixup > 0.0:
+            out = mix(jax.random.fold_in(key, 1), out, self.mixup)
         return out
 
     def load_frozen(self, state: Any) -> Any:
