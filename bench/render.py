@@ -273,6 +273,21 @@ def gelu(r: dict) -> str:
     return "\n".join(rows)
 
 
+def conv_materialise(r: dict) -> str:
+    """bench/conv_materialise.py: conv inputs materialised on CPU, on against off."""
+    rows = [_measured_in_one_process(r) + " One process; on and off alternate, median of "
+            "each. Update = forward + backward + optimizer of the preset, ResNet "
+            "`conv_impl=\"fast\"`.",
+            "",
+            "| preset | update, materialised | update, not | on / off | 1-minute load |",
+            "|---|---:|---:|---:|---:|"]
+    for x in r["results"]:
+        m = x["median_s"]
+        rows.append(f"| {x['preset']} | {m['on'] * 1e3:.0f} ms | {m['off'] * 1e3:.0f} ms "
+                    f"| {x['ratio_on_off']:.3f} | {x['load']} |")
+    return "\n".join(rows)
+
+
 def text_ops(r: dict) -> str:
     """bench/text_ops.py: jssl's Dropout and argmax accuracy against nn.Dropout and
     jnp.argmax, alone and in the text presets' updates, in one process."""
@@ -371,9 +386,11 @@ RENDERERS: dict[str, Callable[[dict], str]] = {"cpu_malloc": cpu_malloc,
                                                "gpu_mfu": gpu_mfu, "steps_gpu": steps_gpu,
                                                "loader": loader, "xla_cpu_flag": xla_cpu_flag,
                                                "gn_convnet": gn_convnet, "gelu": gelu,
+                                               "conv_materialise": conv_materialise,
                                                "text_ops": text_ops, "dots": dots,
                                                # the same benchmarks on a second machine
                                                "results_xeon": results,
+                                               "results_xeon_conv": results,
                                                "xla_cpu_flag_xeon": xla_cpu_flag}
 
 

@@ -178,3 +178,54 @@ def test_resnet_fast_and_xla_convs_share_params_and_agree():
                                    err_msg=jax.tree_util.keystr(path))
     with pytest.raises(ValueError, match="conv_impl='im2col'"):
         resnet("tiny", stem="cifar", conv_impl="im2col").init(jax.random.key(0), x, train=False)
+
+
+def test_materialised_is_bitwise_the_input_with_an_identity_gradient():
+    tiny = np.finfo(np.float32).tiny
+    special = np.array([0.0, -0.0, 1.0, -1.0, tiny, -tiny, 3e38, -3e38, 1e-30, 7.5],
+                       np.float32)
+    x = np.concatenate([special, np.random.default_rng(1).normal(size=990).astype(np.float32)
+                        * np.float32(1e3)]).reshape(10, 10, 10)
+    y, vjp = jax.vjp(jax.jit(conv_lib.materialised), jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(y).view(np.uint32), x.view(np.uint32))
+    # subnormals are flushed to zero by XLA:CPU's division: ±0 of the same sign
+    sub = np.array([1e-40, -1e-41, 1e-45], np.float32)
+    np.testing.assert_array_equal(np.asarray(jax.jit(conv_lib.materialised)(sub)).view(
+        np.uint32), (sub * 0).view(np.uint32))
+    g = np.random.default_rng(2).normal(size=x.shape).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(vjp(jnp.asarray(g))[0]).view(np.uint32),
+                                  g.view(np.uint32))
+
+
+def _transposing_fusions_recompute_relu(materialise: bool) -> int:
+    """How many of XLA:CPU's fusions that end in a transpose / copy recompute the ReLU of a
+    BatchNorm-apply + ReLU + Conv("fast") chain, in the compiled parameter gradient."""
+    import re
+
+    def loss(kernel, scale, x):
+        h = jnp.maximum(x * scale + 0.5, 0.0)
+        y = Conv(8, 3, impl="fast").apply({"params": {"kernel": kernel, "bias": jnp.zeros(8)}}, h)
+        return jnp.sum(y * y)
+
+    old = conv_lib.MATERIALISE_INPUT
+    conv_lib.MATERIALISE_INPUT = materialise
+    try:
+        hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(
+            jnp.ones((3, 3, 8, 8)), jnp.ones(8), _x((16, 28, 28, 8))).compile().as_text()
+    finally:
+        conv_lib.MATERIALISE_INPUT = old
+    count = 0
+    for comp in re.split(r"\n(?=\S)", hlo):
+        root = [line for line in comp.splitlines() if "ROOT" in line]
+        if (comp.startswith("%fused") and root and re.search(r" (transpose|copy)\(", root[0])
+                and " maximum(" in comp):
+            count += 1
+    return count
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion property")
+def test_on_cpu_the_kernel_gradients_transpose_reads_the_stored_input():
+    # without materialised(), XLA fuses BN-apply + ReLU into the transposing copy of the
+    # kernel gradient (recomputed at the transposed stride); with it, the copy reads x
+    assert _transposing_fusions_recompute_relu(False) >= 1
+    assert _transposing_fusions_recompute_relu(True) == 0

@@ -23,6 +23,18 @@ gradients. With x the input, dY the output cotangent, stride s, padding p and a 
   isolation, but not in the whole CPU updates since jssl's XLA flag and tcmalloc, hence
   not part of ``"fast"``.
 
+* The input itself, on CPU (``"fast"`` and ``"fast_chunked_dw"``): :func:`materialised`.
+  XLA:CPU hands the kernel gradient to Eigen with x transposed to [C_in, H, W, N], and its
+  instruction fusion duplicates the cheap elementwise chain that produced x (BatchNorm apply,
+  ReLU, a residual sum) into that transposing copy, which then re-reads the chain's inputs
+  at the transposed stride (~3× the time of transposing the stored x; docs/performance.md).
+  ``materialised(x)`` is x computed as x / (x·0 + 1): a division is "expensive" to XLA's
+  fusion, so the chain ends in one materialised buffer that both the forward convolution
+  and the transposing copy read; the divisor is a full-shape value, so the simplifier cannot
+  turn the division into a product with a broadcast reciprocal. Bitwise x for finite
+  normal x; subnormals (|x| < 1.2e-38) become ±0 (XLA:CPU flushes them in the division)
+  and ±inf becomes NaN; its gradient is the identity.
+
 Both give the same sums up to float reassociation (tests/test_models_conv.py checks outputs
 and both gradients against ``nn.Conv`` and a float64 NumPy kernel gradient). Params
 (``kernel`` [kh, kw, C_in, C_out], ``bias`` [C_out]), their init and dtype handling are
@@ -139,6 +151,29 @@ def chunked_kernel_grad(x: jax.Array, dy: jax.Array, ksize: tuple[int, int],
     return acc.reshape(*ksize, cin, cout).astype(x.dtype)
 
 
+#: whether ``"fast"`` / ``"fast_chunked_dw"`` pass the input through :func:`materialised` on
+#: CPU (read at trace time; bench/conv_materialise.py switches it to measure both)
+MATERIALISE_INPUT = True
+
+
+@jax.custom_vjp
+def materialised(x: jax.Array) -> jax.Array:
+    """``x``, computed as ``x / (x·0 + 1)`` so that XLA:CPU stores it once instead of fusing
+    its producers into every consumer (see the module docstring); identity gradient."""
+    return x / (x * 0 + 1)
+
+
+def _materialised_fwd(x):
+    return materialised(x), None
+
+
+def _materialised_bwd(_, g):
+    return (g,)
+
+
+materialised.defvjp(_materialised_fwd, _materialised_bwd)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], pads: Pads,
            chunked_dw: bool = False) -> jax.Array:
@@ -200,7 +235,8 @@ class Conv(nn.Module):
     Attributes as ``nn.Conv`` (``features``, ``kernel_size``, ``strides``, ``padding``,
     ``use_bias``, ``dtype``, ``param_dtype``, ``kernel_init``, ``bias_init``), plus ``impl``:
     ``"xla"`` (the plain XLA convolution and its autodiff), ``"fast"`` (:func:`conv2d`:
-    the phase input gradient) or ``"fast_chunked_dw"`` (also the chunked kernel gradient).
+    the phase input gradient; on CPU the input stored once, :func:`materialised`) or
+    ``"fast_chunked_dw"`` (also the chunked kernel gradient).
     No dilation, groups or masks (use ``nn.Conv`` for those).
     """
 
@@ -231,5 +267,7 @@ class Conv(nn.Module):
         if self.impl == "xla":
             y = _xla_conv(x, kernel, strides, pads)
         else:
+            if MATERIALISE_INPUT and jax.default_backend() == "cpu":
+                x = materialised(x)
             y = conv2d(x, kernel, strides, pads, self.impl == "fast_chunked_dw")
         return y if bias is None else y + bias
