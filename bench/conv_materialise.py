@@ -16,7 +16,6 @@ jssl's CLI.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -34,14 +33,10 @@ def _switch(on: bool):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=",".join(PRESETS), help="comma-separated name:preset")
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
-    args = parser.parse_args()
-    if args.repeats < 5:
-        parser.error(f"need --repeats >= 5, got {args.repeats}")
     sys.path.insert(0, str(ROOT))
+    from bench.preset_args import parse
+
+    args = parse(__doc__, PRESETS, __file__)
     from bench.baselines import write_report
     from bench.compare import alternate_updates
     from jssl.models import conv
