@@ -28,8 +28,8 @@ fashion_mnist  The from-scratch recipe of experiments/supervised.py (SGD, moment
                --config.loss.mixup=ALPHA: both networks see the mixed view (function
                matching, Beyer et al. 2022; default 0, off). From the ensemble below: α = 1
                81.34 % and α = 0.2 82.81 % at 1000 steps, α = 1 83.23 % at 4000 steps
-               (25.8 min), against 83.45 % without mixup at 1000: it needs patience
-               (docs/RESULTS.md).
+               (25.8 min) and 83.48 % at 8000 (36.5 min), against 83.45 % without mixup at
+               1000 steps: with patience it ties, no more (docs/RESULTS.md).
                --config.teacher_from may name a distilled run (another round), or several
                runs fine-tuned on the same labels, comma-separated: an ensemble teacher (the
                mean of their probabilities, Hinton et al. 2015), e.g.
