@@ -326,14 +326,14 @@ def dots(r: dict) -> str:
     return "\n".join(rows)
 
 
-def gn_convnet(r: dict) -> str:
+def gn_convnet(r: dict, variants: bool = True) -> str:
     """bench/gn_convnet.py: the issue's GroupNorm CNN, with jssl's flag and tcmalloc (and,
-    if recorded, with glibc's malloc in bench/gn_convnet_glibc.json and without the flag in
-    bench/gn_convnet_flag_off.json)."""
+    with ``variants``, if recorded, with glibc's malloc in bench/gn_convnet_glibc.json and
+    without the flag in bench/gn_convnet_flag_off.json)."""
     runs = [("on", r)]
     for name, label in (("gn_convnet_glibc.json", "on"),
                         ("gn_convnet_flag_off.json", "off (`JSSL_XLA_CPU_FLAGS=0`)")):
-        if (ROOT / "bench" / name).exists():
+        if variants and (ROOT / "bench" / name).exists():
             runs.append((label, json.loads((ROOT / "bench" / name).read_text())))
     h = r["hardware"]
     rows = [
@@ -391,7 +391,9 @@ RENDERERS: dict[str, Callable[[dict], str]] = {"cpu_malloc": cpu_malloc,
                                                # the same benchmarks on a second machine
                                                "results_xeon": results,
                                                "results_xeon_conv": results,
-                                               "xla_cpu_flag_xeon": xla_cpu_flag}
+                                               "xla_cpu_flag_xeon": xla_cpu_flag,
+                                               "gn_convnet_xeon": lambda r: gn_convnet(
+                                                   r, variants=False)}
 
 
 def render(doc: Path) -> bool:
