@@ -265,22 +265,36 @@ def label_efficiency_table(curves: dict[str, dict[float, float]]) -> str:
     return "\n".join(rows)
 
 
-def plot(curves: dict[str, dict[float, float]], path: Path) -> None:
+#: one colour per kind of curve, the same in every panel
+COLOURS = (("distillation", "C2"), ("fine-tuning", "C1"), ("linear probe", "C0"),
+           ("from scratch", "C3"), ("raw pixels", "C7"))
+
+
+def _colour(curve: str) -> str:
+    return next((c for key, c in COLOURS if key in curve), "C4")
+
+
+def plot(per_backbone: dict[str, dict[str, dict[float, float]]], path: Path) -> None:
+    """One panel per backbone (its curves from :func:`label_efficiency`), side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for name, points in curves.items():
-        xs = sorted(points)
-        ax.plot([100 * x for x in xs], [100 * points[x] for x in xs], marker="o", label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel("labelled training examples (%)")
-    ax.set_ylabel("Fashion-MNIST test accuracy (%)")
-    ax.set_xticks([1, 10, 100], ["1 %", "10 %", "100 %"])
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    n = len(per_backbone)
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 5.2), dpi=120, squeeze=False)
+    for ax, (backbone, curves) in zip(axes[0], per_backbone.items(), strict=True):
+        for name, points in curves.items():
+            xs = sorted(points)
+            ax.plot([100 * x for x in xs], [100 * points[x] for x in xs], marker="o",
+                    label=name, color=_colour(name))
+        ax.set_title(backbone, fontsize=9)
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled training examples (%)")
+        ax.set_ylabel("Fashion-MNIST test accuracy (%)")
+        ax.set_xticks([1, 10, 100], ["1 %", "10 %", "100 %"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.17))
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})  # no timestamp: same input, same bytes
     plt.close(fig)
@@ -315,7 +329,6 @@ def main(runs_dir: str | None = None, *, check: bool = False, add: list[str] = (
     speech = [r for r in every if dataset_of(r).startswith("spoken_digits_local")]
     baselines = load_baselines()
     per_backbone = {b: label_efficiency(runs, baselines, b) for b in backbones_by_evidence(runs)}
-    curves = next(iter(per_backbone.values()), {})
     doc_path = DOCS / "RESULTS.md"
     doc = doc_path.read_text()
     new = render(doc, {"runs": runs_table(runs, baselines), "text_runs": text_table(text),
@@ -329,7 +342,7 @@ def main(runs_dir: str | None = None, *, check: bool = False, add: list[str] = (
             return 1
         return 0
     doc_path.write_text(new)
-    if curves:
-        plot(curves, DOCS / "label_efficiency.png")
+    if per_backbone:
+        plot(per_backbone, DOCS / "label_efficiency.png")
     print(f"wrote {doc_path} ({len(every)} runs)")
     return 0
