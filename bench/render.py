@@ -160,7 +160,7 @@ def gpu_mfu(r: dict) -> str:
         f"{r['date_utc'][:16].replace('T', ' ')} UTC, commit {r['commit']}. Update = forward "
         f"+ backward + AdamW on prepared inputs, median of {r['results'][0]['repeats']}; model "
         f"FLOPs are the analytic 3 × forward count (`vit_flops`), MFU = model FLOP/s / "
-        f"{r['peak_tflops']:.0f} TFLOP/s (H100 SXM dense bf16).",
+        f"{r['peak_tflops']:.0f} TFLOP/s (dense bf16 of an H100 SXM; the H200 has the same).",
         "",
         "| preset | batch | attention | update | images/s | prepare | model TFLOP/step "
         "| XLA cost_analysis TFLOP | MFU | compile |",
@@ -390,6 +390,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {"cpu_malloc": cpu_malloc,
                                                "text_ops": text_ops, "dots": dots,
                                                # the same benchmarks on a second machine
                                                "results_xeon": results,
+                                               "gpu_mfu_h100": gpu_mfu,
                                                "results_xeon_conv": results,
                                                "xla_cpu_flag_xeon": xla_cpu_flag,
                                                "gn_convnet_xeon": lambda r: gn_convnet(
