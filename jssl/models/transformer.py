@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jssl.models.activations import gelu
+from jssl.models.dense import dense_dot_general
 from jssl.models.dropout import Dropout
 
 Array = jax.Array
@@ -141,7 +142,7 @@ class MultiHeadAttention(nn.Module):
             q_init = nn.initializers.variance_scaling(1.0 / dh, "fan_in", "normal")
         proj = lambda name, init: nn.DenseGeneral(  # noqa: E731
             (cfg.num_heads, dh), use_bias=cfg.use_bias, dtype=cfg.dtype, kernel_init=init,
-            name=name)
+            dot_general=dense_dot_general, name=name)
         q = proj("query", q_init)(x)
         k = proj("key", cfg.kernel_init())(context)
         v = proj("value", cfg.kernel_init())(context)
@@ -156,7 +157,8 @@ class MultiHeadAttention(nn.Module):
         probs = Dropout(cfg.attention_dropout_rate)(probs, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(cfg.dtype), v)
         return nn.DenseGeneral(cfg.dim, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.dtype,
-                               kernel_init=cfg.kernel_init(out=True), name="out")(out)
+                               kernel_init=cfg.kernel_init(out=True),
+                               dot_general=dense_dot_general, name="out")(out)
 
 
 class Mlp(nn.Module):
@@ -170,7 +172,7 @@ class Mlp(nn.Module):
         act = _ACTIVATIONS[cfg.activation]
         dense = lambda n, name, out=False: nn.Dense(  # noqa: E731
             n, use_bias=cfg.use_bias, dtype=cfg.dtype, kernel_init=cfg.kernel_init(out),
-            name=name)
+            dot_general=dense_dot_general, name=name)
         h = act(dense(cfg.mlp_dim, "wi")(x))
         if cfg.gated_mlp:
             h = h * dense(cfg.mlp_dim, "wi_gate")(x)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jssl.models.activations import gelu
+from jssl.models.dense import dense_dot_general
 from jssl.models.dropout import Dropout
 
 Dtype = Any
@@ -193,10 +194,12 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, deterministic: bool) -> jnp.ndarray:
         d = x.shape[-1]
-        x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=_DENSE_INIT, name="fc1")(x)
+        x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=_DENSE_INIT,
+                     dot_general=dense_dot_general, name="fc1")(x)
         x = gelu(x)
         x = Dropout(self.dropout)(x, deterministic=deterministic)
-        x = nn.Dense(d, dtype=self.dtype, kernel_init=_DENSE_INIT, name="fc2")(x)
+        x = nn.Dense(d, dtype=self.dtype, kernel_init=_DENSE_INIT,
+                     dot_general=dense_dot_general, name="fc2")(x)
         return Dropout(self.dropout)(x, deterministic=deterministic)
 
 
@@ -220,6 +223,7 @@ class Block(nn.Module):
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attn_dropout,
             kernel_init=_DENSE_INIT, force_fp32_for_softmax=True,
+            qkv_dot_general=dense_dot_general, out_dot_general=dense_dot_general,
             attention_fn=attention_fn(self.attention), name="attn")(
                 y, y, mask=mask, deterministic=det)
         y = Dropout(self.dropout)(y, deterministic=det)
