@@ -273,19 +273,27 @@ def gelu(r: dict) -> str:
     return "\n".join(rows)
 
 
-def conv_materialise(r: dict) -> str:
-    """bench/conv_materialise.py: conv inputs materialised on CPU, on against off."""
+def _switch_table(r: dict, what: str, on: str, off: str) -> str:
     rows = [_measured_in_one_process(r) + " One process; on and off alternate, median of "
-            "each. Update = forward + backward + optimizer of the preset, ResNet "
-            "`conv_impl=\"fast\"`.",
+            f"each. Update = forward + backward + optimizer of the preset{what}.",
             "",
-            "| preset | update, materialised | update, not | on / off | 1-minute load |",
+            f"| preset | update, {on} | update, {off} | on / off | 1-minute load |",
             "|---|---:|---:|---:|---:|"]
     for x in r["results"]:
         m = x["median_s"]
         rows.append(f"| {x['preset']} | {m['on'] * 1e3:.0f} ms | {m['off'] * 1e3:.0f} ms "
                     f"| {x['ratio_on_off']:.3f} | {x['load']} |")
     return "\n".join(rows)
+
+
+def conv_materialise(r: dict) -> str:
+    """bench/conv_materialise.py: conv inputs materialised on CPU, on against off."""
+    return _switch_table(r, ", ResNet `conv_impl=\"fast\"`", "materialised", "not")
+
+
+def dense_grad(r: dict) -> str:
+    """bench/dense_grad.py: the dense layers' direct kernel gradient on CPU, on against off."""
+    return _switch_table(r, "", "direct dW", "JAX's transpose rule")
 
 
 def text_ops(r: dict) -> str:
@@ -387,11 +395,13 @@ RENDERERS: dict[str, Callable[[dict], str]] = {"cpu_malloc": cpu_malloc,
                                                "loader": loader, "xla_cpu_flag": xla_cpu_flag,
                                                "gn_convnet": gn_convnet, "gelu": gelu,
                                                "conv_materialise": conv_materialise,
+                                               "dense_grad": dense_grad,
                                                "text_ops": text_ops, "dots": dots,
                                                # the same benchmarks on a second machine
                                                "results_xeon": results,
                                                "gpu_mfu_h100": gpu_mfu,
                                                "results_xeon_conv": results,
+                                               "results_xeon_dense": results,
                                                "xla_cpu_flag_xeon": xla_cpu_flag,
                                                "gn_convnet_xeon": lambda r: gn_convnet(
                                                    r, variants=False)}
