@@ -115,18 +115,25 @@ def _flops_of(compiled) -> float | None:
     return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-def bench_case(method: str, batch: int, attention: str, repeats: int, peak: float) -> dict:
+def build_case(method: str, batch: int, attention: str, devices=None):
+    """The preset's config, initial state, train step and a synthetic global batch, at
+    ``batch`` with ``attention``, on ``devices`` (default: all)."""
+    from jssl.data.pipeline import to_global_batch
+
     config = load_config(SPECS[method])
     config.train.batch_size = batch
     config.model.encoder.attention = attention
-    mesh = make_mesh(config)
+    mesh = make_mesh(config, devices=devices)
     m = get_method(config.method)(config, mesh)
     tx, _, _ = make_optimizer(config.optim, global_batch=batch, total_steps=int(config.train.steps))
     host = synthetic_batch(method, config, batch)
-    from jssl.data.pipeline import to_global_batch
     data = to_global_batch(host, mesh, batch_spec(mesh))
     state, shardings = create_state(m, tx, jax.random.key(0), host, mesh)
-    step = make_train_step(m, tx, mesh, shardings)
+    return config, state, make_train_step(m, tx, mesh, shardings), data
+
+
+def bench_case(method: str, batch: int, attention: str, repeats: int, peak: float) -> dict:
+    config, state, step, data = build_case(method, batch, attention)
     t0 = time.perf_counter()
     prepare = step.prepare.lower(state.rng, state.step, data).compile()
     inputs = prepare(state.rng, state.step, data)

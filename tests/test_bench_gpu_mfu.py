@@ -33,22 +33,7 @@ def test_analytic_flops_match_xla_cost_analysis_of_the_mae_update():
     """MFU's numerator (vit_flops: 3 × the forward matmul FLOPs) against XLA:CPU's own count
     of the compiled ViT-B/16 MAE update (forward, backward, AdamW) at batch 2: XLA also
     counts the elementwise work, so it may be a few percent higher, never lower by much."""
-    from jssl.data.pipeline import to_global_batch
-    from jssl.methods import get_method
-    from jssl.train.mesh import make_mesh
-    from jssl.train.optim import make_optimizer
-    from jssl.train.state import batch_spec, create_state, make_train_step
-
-    config = gpu_mfu.load_config(gpu_mfu.SPECS["mae"])
-    config.train.batch_size = 2
-    config.mesh.data = 1
-    mesh = make_mesh(config, devices=jax.devices()[:1])
-    method = get_method(config.method)(config, mesh)
-    tx, _, _ = make_optimizer(config.optim, global_batch=2, total_steps=int(config.train.steps))
-    host = gpu_mfu.synthetic_batch("mae", config, 2)
-    data = to_global_batch(host, mesh, batch_spec(mesh))
-    state, shardings = create_state(method, tx, jax.random.key(0), host, mesh)
-    step = make_train_step(method, tx, mesh, shardings)
+    config, state, step, data = gpu_mfu.build_case("mae", 2, "xla", devices=jax.devices()[:1])
     inputs = step.prepare(state.rng, state.step, data)
     xla = gpu_mfu._flops_of(step.update.lower(state, inputs).compile())
     model = 2 * gpu_mfu.vit_flops("mae", config)

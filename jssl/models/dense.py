@@ -59,7 +59,7 @@ def _is_dense(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any) -> bool:
     (lc, rc), (lb, rb) = dimension_numbers
     lc, rc = tuple(lc), tuple(rc)
     n = len(lc)
-    return (not lb and not rb and n == len(rc) and 0 < n < lhs.ndim and n < rhs.ndim + 1
+    return (not lb and not rb and n == len(rc) and 0 < n < lhs.ndim
             and lc == tuple(range(lhs.ndim - n, lhs.ndim)) and rc == tuple(range(n))
             and lhs.shape[lhs.ndim - n:] == rhs.shape[:n])
 
