@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -180,6 +181,27 @@ def attention_agreement(batch: int = 8) -> dict:
             "cudnn_bf16_vs_f32": rel(b, ref32)}
 
 
+def apply_sets(spec: str) -> dict[str, object]:
+    """``--set module.NAME=value,...``: set module-level A/B switches before building
+    (e.g. ``jssl.models.vit.PATCH_EMBED_MATMUL=True``); values are Python literals."""
+    import ast
+    import importlib
+    done: dict[str, object] = {}
+    for item in filter(None, spec.split(",")):
+        target, _, text = item.partition("=")
+        module, _, name = target.rpartition(".")
+        try:
+            mod, value = importlib.import_module(module), ast.literal_eval(text)
+        except (ImportError, ValueError, SyntaxError) as e:
+            raise SystemExit(f"--set {item!r}: {e}; expected module.NAME=literal, e.g. "
+                             f"jssl.models.vit.CUDNN_SEQ_MULTIPLE=8") from e
+        if not hasattr(mod, name):
+            raise SystemExit(f"--set {item!r}: {module} has no {name}")
+        setattr(mod, name, value)
+        done[target] = value
+    return done
+
+
 def parse_cases(args: argparse.Namespace) -> list[tuple[str, int, str]]:
     """``--cases`` in order, else every ``--only`` × ``--batch`` × ``--attention``."""
     if not args.cases:
@@ -207,6 +229,8 @@ def main() -> None:
                          "--batch and --attention)")
     ap.add_argument("--skip_agreement", action="store_true",
                     help="skip the cuDNN-vs-XLA attention agreement check")
+    ap.add_argument("--set", default="",
+                    help="module.NAME=literal,...: A/B switches set before building")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--peak_tflops", type=float, default=989.0)
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
@@ -221,6 +245,7 @@ def main() -> None:
               "peak_tflops": args.peak_tflops,
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                        capture_output=True, text=True).stdout.strip(),
+              "xla_flags": os.environ.get("XLA_FLAGS", ""), "sets": apply_sets(args.set),
               "results": [], "errors": []}
     if not args.skip_agreement:
         try:

@@ -38,3 +38,23 @@ def test_analytic_flops_match_xla_cost_analysis_of_the_mae_update():
     xla = gpu_mfu._flops_of(step.update.lower(state, inputs).compile())
     model = 2 * gpu_mfu.vit_flops("mae", config)
     assert model / xla == pytest.approx(1.0, abs=0.05), (model, xla)
+
+
+def test_apply_sets_sets_switches_and_names_bad_ones():
+    """``--set`` sets module-level A/B switches from Python literals; a bad one fails with a
+    line naming it."""
+    from jssl.models import vit as vit_mod
+
+    old = vit_mod.CUDNN_SEQ_MULTIPLE, vit_mod.PATCH_EMBED_MATMUL
+    try:
+        done = gpu_mfu.apply_sets("jssl.models.vit.CUDNN_SEQ_MULTIPLE=8,"
+                                  "jssl.models.vit.PATCH_EMBED_MATMUL=True")
+        assert done == {"jssl.models.vit.CUDNN_SEQ_MULTIPLE": 8,
+                        "jssl.models.vit.PATCH_EMBED_MATMUL": True}
+        assert vit_mod.CUDNN_SEQ_MULTIPLE == 8 and vit_mod.PATCH_EMBED_MATMUL is True
+        with pytest.raises(SystemExit, match="has no NOPE"):
+            gpu_mfu.apply_sets("jssl.models.vit.NOPE=1")
+        with pytest.raises(SystemExit, match="expected module.NAME=literal"):
+            gpu_mfu.apply_sets("jssl.models.vit.CUDNN_SEQ_MULTIPLE=eight")
+    finally:
+        vit_mod.CUDNN_SEQ_MULTIPLE, vit_mod.PATCH_EMBED_MATMUL = old

@@ -249,7 +249,7 @@ def test_attention_impl_xla_is_flax_attention_and_cudnn_needs_a_gpu():
 
 
 def test_padded_attention_equals_unpadded_attention_and_its_gradient():
-    """The cuDNN path pads 197-like odd token counts to a multiple of 64 and masks the padded
+    """The cuDNN path pads 197-like odd token counts to a multiple of 8 and masks the padded
     keys by length: with the XLA kernel the output and the gradients equal a NumPy
     softmax(q·kᵀ/√d)·v on the unpadded tokens (the same code runs with cuDNN on a GPU)."""
     from jssl.models.vit import padded_attention
@@ -278,3 +278,54 @@ def test_padded_attention_equals_unpadded_attention_and_its_gradient():
     np.testing.assert_allclose(np.asarray(padded_attention(q[:, :8], k[:, :8], v[:, :8],
                                                            multiple=8, implementation="xla")),
                                np.asarray(plain(q[:, :8], k[:, :8], v[:, :8])), rtol=1e-6)
+
+
+def test_distinct_take_tokens_gradient_is_the_plain_gathers_bit_for_bit():
+    """``take_tokens(distinct=True)``'s custom VJP (a gather through ``inverse_ids``) gives the
+    plain gather's values and the same gradient as a NumPy scatter of dy onto the taken
+    tokens (zeros elsewhere), for a visible subset and for a full permutation."""
+    from jssl.models import vit as vit_mod
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 10, 4)).astype(np.float32)
+    perm = np.stack([rng.permutation(10) for _ in range(3)]).astype(np.int32)
+    for ids in (perm[:, :4], perm):
+        dy = rng.standard_normal((3, ids.shape[1], 4)).astype(np.float32)
+        out = vit_mod.take_tokens(jnp.asarray(x), jnp.asarray(ids), distinct=True)
+        np.testing.assert_array_equal(np.asarray(out), x[np.arange(3)[:, None], ids])
+        grad = jax.grad(lambda x, ids=ids, dy=dy: jnp.sum(
+            vit_mod.take_tokens(x, jnp.asarray(ids), distinct=True) * dy))(jnp.asarray(x))
+        ref = np.zeros_like(x)
+        for b in range(3):
+            ref[b, ids[b]] = dy[b]
+        np.testing.assert_array_equal(np.asarray(grad), ref)
+        plain = jax.grad(lambda x, ids=ids, dy=dy: jnp.sum(
+            vit_mod.take_tokens(x, jnp.asarray(ids)) * dy))(jnp.asarray(x))
+        np.testing.assert_array_equal(np.asarray(grad), np.asarray(plain))
+    inv = np.asarray(vit_mod.inverse_ids(jnp.asarray(perm[:, :4]), 10))
+    for b in range(3):
+        for j in range(10):
+            assert inv[b, j] == (list(perm[b, :4]).index(j) if j in perm[b, :4] else 4)
+
+
+def test_patch_embed_matmul_equals_the_strided_convolution(monkeypatch):
+    """``PATCH_EMBED_MATMUL``: the same params (names, shapes, initial values) and, to
+    float32 rounding, the same tokens and gradients as the stride-p convolution."""
+    from jssl.models import vit as vit_mod
+
+    x = jax.random.uniform(jax.random.key(2), (2, 16, 16, 3))
+    model = vit_mod.vit("tiny", pool="mean")
+    monkeypatch.setattr(vit_mod, "PATCH_EMBED_MATMUL", False)
+    conv_vars = model.init(jax.random.key(0), x)
+    conv_out, conv_grad = jax.value_and_grad(
+        lambda v: jnp.sum(jnp.sin(model.apply(v, x))))(conv_vars)
+    monkeypatch.setattr(vit_mod, "PATCH_EMBED_MATMUL", True)
+    mm_vars = model.init(jax.random.key(0), x)
+    assert jax.tree.structure(mm_vars) == jax.tree.structure(conv_vars)
+    for a, b in zip(jax.tree.leaves(mm_vars), jax.tree.leaves(conv_vars), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    mm_out, mm_grad = jax.value_and_grad(
+        lambda v: jnp.sum(jnp.sin(model.apply(v, x))))(conv_vars)
+    np.testing.assert_allclose(float(mm_out), float(conv_out), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(mm_grad), jax.tree.leaves(conv_grad), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

@@ -118,7 +118,7 @@ class MAE(nn.Module):
     def encode(self, images: jnp.ndarray, ids_keep: jnp.ndarray, *,
                train: bool = False) -> jnp.ndarray:
         """Encoder tokens ``[B, len_keep + 1, dim]`` of the visible patches (cls first)."""
-        return self.encoder(images, keep_ids=ids_keep, train=train)
+        return self.encoder(images, keep_ids=ids_keep, keep_distinct=True, train=train)
 
     def decode(self, latent: jnp.ndarray, ids_restore: jnp.ndarray, *,
                train: bool = False) -> jnp.ndarray:
@@ -128,7 +128,8 @@ class MAE(nn.Module):
         x = self.decoder_embed(latent)
         mask_tokens = jnp.broadcast_to(self.mask_token, (b, num_patches - n_vis,
                                                          self.decoder_dim)).astype(x.dtype)
-        x_ = take_tokens(jnp.concatenate([x[:, 1:], mask_tokens], axis=1), ids_restore)
+        x_ = take_tokens(jnp.concatenate([x[:, 1:], mask_tokens], axis=1), ids_restore,
+                         distinct=True)
         x = jnp.concatenate([x[:, :1], x_], axis=1)
         g = int(round(num_patches ** 0.5))
         if g * g != num_patches:

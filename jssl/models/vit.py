@@ -40,8 +40,10 @@ _DENSE_INIT = nn.initializers.xavier_uniform()
 ATTENTION_IMPLS = ("xla", "cudnn")
 
 
-#: token counts are padded to a multiple of this for the cuDNN kernel (see padded_attention)
-CUDNN_SEQ_MULTIPLE = 64
+#: token counts are padded to a multiple of this for the cuDNN kernel (see padded_attention):
+#: 8 pads MAE ViT-B/16's 197 decoder tokens to 200 and its 50 encoder tokens to 56 (64 padded
+#: them to 256 and 64; on an H200 the update went 190.0 → 187.6 ms, bench/gpu_mfu_ab.json)
+CUDNN_SEQ_MULTIPLE = 8
 
 
 def attention_fn(impl: str):
@@ -68,20 +70,21 @@ def attention_fn(impl: str):
         if mask is not None:
             raise ValueError("attention='cudnn' takes no attention mask here; use "
                              "attention='xla'")
-        return padded_attention(query, key, value, implementation="cudnn")
+        return padded_attention(query, key, value, multiple=CUDNN_SEQ_MULTIPLE,
+                                implementation="cudnn")
 
     return fused
 
 
 def padded_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, *,
-                     multiple: int = CUDNN_SEQ_MULTIPLE, implementation: str = "cudnn"
+                     multiple: int | None = None, implementation: str = "cudnn"
                      ) -> jnp.ndarray:
     """``jax.nn.dot_product_attention`` on ``[B, T, N, H]`` with T padded to a multiple of
     ``multiple``; the padded keys are excluded through ``key_value_seq_lengths`` (= T), the
     padded query rows are dropped. cuDNN's fused kernel refuses odd lengths in training
     (ViT-B/16's 197 tokens); the result equals the unpadded attention."""
     t = query.shape[1]
-    pad = (-t) % multiple
+    pad = (-t) % (CUDNN_SEQ_MULTIPLE if multiple is None else multiple)
     if not pad:
         return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
     widths = ((0, 0), (0, pad), (0, 0), (0, 0))
@@ -164,9 +167,88 @@ def interpolate_pos_embed(pos: jnp.ndarray, grid: tuple[int, int]) -> jnp.ndarra
     return out.reshape(1, grid[0] * grid[1], d).astype(pos.dtype)
 
 
-def take_tokens(x: jnp.ndarray, ids: jnp.ndarray) -> jnp.ndarray:
-    """Per-sample gather along the token axis: ``x[b, ids[b, k]]`` -> ``[B, K, D]``."""
-    return jnp.take_along_axis(x, ids[..., None].astype(jnp.int32), axis=1)
+#: False: ``take_tokens(..., distinct=True)`` differentiates as a plain gather (a scatter-add
+#: backward); a benchmark's A/B switch
+DISTINCT_GATHER_VJP = True
+#: the patch embedding as one matmul over ``patchify``'d pixels (True) or a stride-p
+#: convolution (False): same params, same sum. None: the matmul on GPU, where cuDNN's
+#: convolution of 3-channel 16×16 patches was the slower (MAE ViT-B/16 on an H200: 198.3 →
+#: 190.0 ms per update), the convolution elsewhere (CPU: equal or 4 % faster,
+#: ``bench/patch_embed.py``). Also a benchmark's A/B switch.
+PATCH_EMBED_MATMUL: bool | None = None
+
+
+def _patch_embed_matmul() -> bool:
+    if PATCH_EMBED_MATMUL is None:
+        return jax.default_backend() == "gpu"
+    return bool(PATCH_EMBED_MATMUL)
+
+
+def _gather(x: jnp.ndarray, ids: jnp.ndarray, **kwargs: Any) -> jnp.ndarray:
+    return jnp.take_along_axis(x, ids[..., None].astype(jnp.int32), axis=1, **kwargs)
+
+
+def inverse_ids(ids: jnp.ndarray, num_tokens: int) -> jnp.ndarray:
+    """``[B, N]`` int32: for each of ``num_tokens`` tokens its slot ``k`` in the distinct
+    ``ids [B, K]`` (``ids[b, k] = j``), or ``K`` where token ``j`` is not taken."""
+    b, k = ids.shape
+    rows = jnp.arange(b)[:, None]
+    out = jnp.full((b, num_tokens), k, jnp.int32)
+    return out.at[rows, ids].set(jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k)),
+                                 unique_indices=True)
+
+
+@jax.custom_vjp
+def _take_distinct(x: jnp.ndarray, ids: jnp.ndarray, inverse: jnp.ndarray) -> jnp.ndarray:
+    return _gather(x, ids)
+
+
+def _take_distinct_fwd(x, ids, inverse):
+    return _gather(x, ids), inverse
+
+
+def _take_distinct_bwd(inverse, dy):
+    # each token j receives the one slot that took it, dy[b, inverse[b, j]], or 0
+    return _gather(dy, inverse, mode="fill", fill_value=0), None, None
+
+
+_take_distinct.defvjp(_take_distinct_fwd, _take_distinct_bwd)
+
+
+def take_tokens(x: jnp.ndarray, ids: jnp.ndarray, *, distinct: bool = False) -> jnp.ndarray:
+    """Per-sample gather along the token axis: ``x[b, ids[b, k]]`` -> ``[B, K, D]``.
+
+    ``distinct=True`` promises that each row of ``ids`` holds distinct tokens (MAE's visible
+    subset, its un-shuffling permutation). The gradient is then itself a gather,
+    ``dx[b, j] = dy[b, inverse[b, j]]`` (0 for tokens not taken; :func:`inverse_ids`), where
+    a plain gather's transpose is a scatter-add into zeros (on a GPU, atomic adds). Same
+    values: every token receives at most one slot's gradient, so there is no sum to reorder.
+    """
+    if distinct and DISTINCT_GATHER_VJP:
+        return _take_distinct(x, ids.astype(jnp.int32), inverse_ids(ids, x.shape[1]))
+    return _gather(x, ids)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping ``p×p`` patches to ``dim`` features, ``[B, H, W, C] -> [B, h, w, dim]``:
+    ``x[b, i, j] = Σ_{u,v,c} img[b, i·p+u, j·p+v, c] · kernel[u, v, c] + bias``, computed as
+    one ``[B·h·w, p·p·C] · [p·p·C, dim]`` matmul over :func:`patchify`'d pixels. Params as
+    ``nn.Conv``'s (``kernel [p, p, C, dim]``, ``bias [dim]``, same initialisers), so a
+    checkpoint of either form loads in the other."""
+
+    dim: int
+    patch_size: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
+        p, c = self.patch_size, images.shape[-1]
+        kernel = self.param("kernel", _DENSE_INIT, (p, p, c, self.dim))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.dim,))
+        b, h, w = images.shape[0], images.shape[1] // p, images.shape[2] // p
+        x = patchify(images.astype(self.dtype), p)
+        x = x @ kernel.astype(self.dtype).reshape(p * p * c, self.dim)
+        return (x + bias.astype(self.dtype)).reshape(b, h, w, self.dim)
 
 
 class DropPath(nn.Module):
@@ -282,7 +364,7 @@ class ViT(nn.Module):
     @nn.compact
     def __call__(self, images: jnp.ndarray, *, keep_ids: jnp.ndarray | None = None,
                  keep_valid: jnp.ndarray | None = None, mask: jnp.ndarray | None = None,
-                 train: bool = False) -> jnp.ndarray:
+                 keep_distinct: bool = False, train: bool = False) -> jnp.ndarray:
         """Encode ``images [B, H, W, C]``.
 
         Args:
@@ -291,6 +373,8 @@ class ViT(nn.Module):
           keep_valid: optional bool ``[B, K]`` with ``keep_ids``: slots marked False are
             padding (I-JEPA's context of variable size in a fixed number of slots): no token
             attends to them, so valid tokens come out as if the padding were absent.
+          keep_distinct: promise that each row of ``keep_ids`` is distinct (MAE): the
+            subset's gradient is then a gather (:func:`take_tokens`).
           mask: optional bool ``[B, N]`` over all patches (BEiT): masked patches' embeddings
             are replaced by a learned ``mask_token`` before positions are added.
           train: enables dropout / stochastic depth (``"dropout"`` RNG).
@@ -305,8 +389,11 @@ class ViT(nn.Module):
         if images.shape[1] % p or images.shape[2] % p:
             raise ValueError(f"image size {images.shape[1:3]} is not divisible by "
                              f"patch_size={p}")
-        x = nn.Conv(self.dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                    kernel_init=_DENSE_INIT, name="patch_embed")(images.astype(self.dtype))
+        if _patch_embed_matmul():
+            x = PatchEmbed(self.dim, p, self.dtype, name="patch_embed")(images)
+        else:
+            x = nn.Conv(self.dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                        kernel_init=_DENSE_INIT, name="patch_embed")(images.astype(self.dtype))
         x = x.reshape(x.shape[0], gh * gw, self.dim)
         if mask is not None:
             if mask.shape != x.shape[:2]:
@@ -332,7 +419,7 @@ class ViT(nn.Module):
                                  (1, gh * gw, self.dim))
         x = x + pos.astype(self.dtype)
         if keep_ids is not None:
-            x = take_tokens(x, keep_ids)
+            x = take_tokens(x, keep_ids, distinct=keep_distinct)
         if self.use_cls:
             cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.dim))
             x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.dim)).astype(
