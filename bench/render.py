@@ -181,6 +181,58 @@ def gpu_mfu(r: dict) -> str:
     return "\n".join(rows)
 
 
+def gpu_mfu_ab(r: dict) -> str:
+    """bench/gpu_mfu_ab.json: bench/gpu_mfu.py runs of one preset with jssl's switches set."""
+    dates = sorted(x["date_utc"] for x in r["rows"])
+    rows = [
+        f"Measured on {r['devices']}× {r['device']}, jax {r['jax']}, "
+        f"{dates[0][:16].replace('T', ' ')}–{dates[-1][11:16]} UTC, commit {r['commit']}; "
+        f"{r['driver']}, median of {r['rows'][0]['repeats']} updates; MFU against "
+        f"{r['peak_tflops']:.0f} TFLOP/s. The first row is {r['baseline']['source']} "
+        f"(commit {r['baseline']['commit']}, {r['baseline']['date_utc'][:16].replace('T', ' ')}"
+        f" UTC). Each row's command is in the JSON.",
+        "",
+        "| run | gather backward | patch embedding | cuDNN pad multiple | batch | attention "
+        "| update | per 1024 images | images/s | MFU |",
+        "|---|---|---|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for x in [r["baseline"], *r["rows"]]:
+        extra = f", `{x['extra_xla_flag']}`" if x["extra_xla_flag"] else ""
+        rows.append(
+            f"| {x['name']}{extra} | {x['gather_backward']} | {x['patch_embed']} | "
+            f"{x['cudnn_pad_multiple']} | {x['batch']} | {x['attention']} | "
+            f"{x['update_s'] * 1e3:.1f} ms | {x['update_s'] * 1024 / x['batch'] * 1e3:.1f} ms "
+            f"| {x['images_per_s']:,.0f} | {x['mfu'] * 100:.1f} % |")
+    return "\n".join(rows)
+
+
+def gpu_profile_mae(r: dict) -> str:
+    """bench/gpu_profile_mae.json: bench/gpu_profile.py on MAE ViT-B/16, time per kind."""
+    by_kind, graphs = r["runs"][-1], r["runs"][1]
+    busy = by_kind["busy_ms"]
+    rows = [f"{r['note']}; {r['date']}. Wall time per update under the profiler: "
+            + "; ".join(f"{x['label']} {x['wall_ms']:.1f} ms (device busy {x['busy_ms']:.1f})"
+                        for x in r["runs"]) + ".",
+            "",
+            f"Device time per update by kind ({by_kind['label']}: `{by_kind['command']}`):",
+            "",
+            "| kind | ms per update | share of device time | TFLOP | TFLOP/s in it |",
+            "|---|---:|---:|---:|---:|"]
+    for x in by_kind["kinds"]:
+        if x["ms"] < 0.05:
+            continue
+        tf = (f"{x['tflop']:.1f} | {x['tflop_per_s']:.0f}" if "tflop" in x else " | ")
+        rows.append(f"| {x['kind']} | {x['ms']:.1f} | {100 * x['ms'] / busy:.0f} % | {tf} |")
+    rows += ["", f"The largest kernels ({graphs['label']}: `{graphs['command']}`), summed "
+             "over the layers that launch them:", "",
+             "| ms per update | launches | kernel | kind | op (first layer named) |",
+             "|---:|---:|---|---|---|"]
+    for x in graphs["kernels"][:24]:
+        rows.append(f"| {x['ms']:.2f} | {x['launches']} | `{x['kernel'][:58]}` | {x['kind']} "
+                    f"| {x['op'][:80]} |")
+    return "\n".join(rows)
+
+
 def steps_gpu(r: dict) -> str:
     """bench/steps.py run on a GPU machine."""
     rows = [
@@ -296,6 +348,16 @@ def dense_grad(r: dict) -> str:
     return _switch_table(r, "", "direct dW", "JAX's transpose rule")
 
 
+def patch_embed(r: dict) -> str:
+    """bench/patch_embed.py: the ViT patch embedding as a matmul against the convolution."""
+    return _switch_table(r, " (ViT)", "matmul", "convolution")
+
+
+def distinct_gather(r: dict) -> str:
+    """bench/distinct_gather.py: MAE's gathers' backward as gathers against a scatter-add."""
+    return _switch_table(r, "", "gather backward", "scatter-add")
+
+
 def text_ops(r: dict) -> str:
     """bench/text_ops.py: jssl's Dropout and argmax accuracy against nn.Dropout and
     jnp.argmax, alone and in the text presets' updates, in one process."""
@@ -392,6 +454,10 @@ RENDERERS: dict[str, Callable[[dict], str]] = {"cpu_malloc": cpu_malloc,
                                                "ring_loss": ring_loss, "augment": augment,
                                                "results": results, "conv_layers": conv_layers,
                                                "gpu_mfu": gpu_mfu, "steps_gpu": steps_gpu,
+                                               "gpu_mfu_ab": gpu_mfu_ab,
+                                               "gpu_profile_mae": gpu_profile_mae,
+                                               "patch_embed": patch_embed,
+                                               "distinct_gather": distinct_gather,
                                                "loader": loader, "xla_cpu_flag": xla_cpu_flag,
                                                "gn_convnet": gn_convnet, "gelu": gelu,
                                                "conv_materialise": conv_materialise,
