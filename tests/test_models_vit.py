@@ -329,3 +329,38 @@ def test_patch_embed_matmul_equals_the_strided_convolution(monkeypatch):
     np.testing.assert_allclose(float(mm_out), float(conv_out), rtol=1e-5)
     for a, b in zip(jax.tree.leaves(mm_grad), jax.tree.leaves(conv_grad), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_sequence_padded_once_equals_the_unpadded_vit_and_mae(monkeypatch):
+    """``PAD_SEQUENCE_ONCE``: tokens padded once before the blocks, padded keys masked
+    (here through the XLA kernel, as cuDNN excludes them by length), padded rows sliced off:
+    the ViT tokens, MAE's predictions and all gradients equal the unpadded model's."""
+    from jssl.models import vit as vit_mod
+    from jssl.models.mae import mae
+
+    x = jax.random.uniform(jax.random.key(4), (2, 16, 16, 3))
+    vit_model = vit_mod.vit("tiny", pool="none")  # 16 patches + cls = 17 tokens
+    mae_model = mae("tiny", channels=3)  # decoder: 17 tokens, encoder 4 + cls = 5
+    vit_vars = vit_model.init(jax.random.key(0), x)
+    mae_vars = mae_model.init({"params": jax.random.key(0), "masking": jax.random.key(1)}, x)
+
+    def run():
+        def vit_loss(v):
+            return jnp.sum(jnp.sin(vit_model.apply(v, x)))
+
+        def mae_loss(v):
+            out = mae_model.apply(v, x, rngs={"masking": jax.random.key(5)})
+            return jnp.sum(jnp.sin(out.pred)) + jnp.sum(jnp.cos(out.latent))
+
+        return jax.value_and_grad(vit_loss)(vit_vars), jax.value_and_grad(mae_loss)(mae_vars)
+
+    plain = run()
+    monkeypatch.setattr(vit_mod, "PAD_SEQUENCE_ONCE", True)
+    monkeypatch.setattr(vit_mod, "SEQUENCE_PAD_IMPLS", ("xla",))
+    assert vit_mod.sequence_padding("xla", 17) == 7  # to 24 with CUDNN_SEQ_MULTIPLE = 8
+    padded = run()
+    for (val_a, grad_a), (val_b, grad_b) in zip(padded, plain, strict=True):
+        np.testing.assert_allclose(float(val_a), float(val_b), rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(grad_a), jax.tree.leaves(grad_b), strict=True):
+            assert np.all(np.isfinite(np.asarray(a)))
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

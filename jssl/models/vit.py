@@ -8,23 +8,29 @@ with depth) are optional; both draw from the ``"dropout"`` RNG stream when ``tra
 ``keep_ids`` runs the encoder on a subset of patch tokens (positions are added before the
 subset is taken), which is what MAE (visible patches only) and I-JEPA (context block) need.
 
-Layout helpers ``patchify``/``unpatchify`` use MAE's layout: ``[B, L, p*p*C]`` with the
-patch pixels flattened in (row, col, channel) order and patches in raster order.
+The layout helpers ``patchify``/``unpatchify`` (MAE's ``[B, L, p*p*C]`` layout) and the
+position embeddings live in :mod:`jssl.models.patches` and are re-exported here.
 
 Params are float32; computation runs in ``dtype``; outputs are in ``dtype``.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jssl.models.activations import gelu
 from jssl.models.dense import dense_dot_general
 from jssl.models.dropout import Dropout
+from jssl.models.patches import (  # noqa: F401  (unpatchify: re-exported)
+    interpolate_pos_embed,
+    patchify,
+    sincos_2d_pos_embed,
+    unpatchify,
+)
 
 Dtype = Any
 
@@ -46,18 +52,47 @@ ATTENTION_IMPLS = ("xla", "cudnn")
 CUDNN_SEQ_MULTIPLE = 8
 
 
-def attention_fn(impl: str):
+#: True: the cuDNN path pads the token sequence once, before the blocks, to a multiple of
+#: ``CUDNN_SEQ_MULTIPLE`` (:func:`sequence_padding`), instead of padding q, k, v and slicing
+#: the output in every block (``padded_attention``). Off until measured on a GPU (the H200
+#: profile put ~16 ms of MAE's 188 ms update in those per-block copies); an A/B switch.
+PAD_SEQUENCE_ONCE = False
+#: the attention kernels for which :func:`sequence_padding` pads (tests add "xla")
+SEQUENCE_PAD_IMPLS: tuple[str, ...] = ("cudnn",)
+
+
+def sequence_padding(impl: str, tokens: int) -> int:
+    """How many tokens to append before a stack of :class:`Block` s with attention ``impl``
+    (0 unless ``PAD_SEQUENCE_ONCE``); the blocks then get ``valid_tokens=tokens``."""
+    if not PAD_SEQUENCE_ONCE or impl not in SEQUENCE_PAD_IMPLS:
+        return 0
+    return (-tokens) % CUDNN_SEQ_MULTIPLE
+
+
+def attention_fn(impl: str, valid_tokens: int | None = None):
     """The attention kernel of :class:`Block`: ``softmax(q·kᵀ/√d_h)·v`` per head.
 
     ``"xla"`` is Flax's einsum attention (softmax in float32); ``"cudnn"`` is the fused
     flash-attention kernel of cuDNN through ``jax.nn.dot_product_attention`` (same
     parameters and function, GPU only, no attention dropout), tokens padded to a multiple
-    of ``CUDNN_SEQ_MULTIPLE`` (``padded_attention``).
+    of ``CUDNN_SEQ_MULTIPLE`` (``padded_attention``). With ``valid_tokens`` the sequence
+    was padded before the blocks (:func:`sequence_padding`): keys past ``valid_tokens``
+    are excluded (by length for cuDNN, by a mask for XLA) and nothing is padded here.
     """
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention={impl!r} is unknown; use one of {ATTENTION_IMPLS}")
     if impl == "xla":
-        return nn.dot_product_attention
+        if valid_tokens is None:
+            return nn.dot_product_attention
+
+        @functools.wraps(nn.dot_product_attention)
+        def masked(query, key, value, mask=None, **kwargs):
+            keys = jnp.arange(key.shape[1]) < valid_tokens
+            keys = jnp.broadcast_to(keys, (key.shape[0], 1, query.shape[1], key.shape[1]))
+            mask = keys if mask is None else jnp.logical_and(mask, keys)
+            return nn.dot_product_attention(query, key, value, mask=mask, **kwargs)
+
+        return masked
     if jax.default_backend() != "gpu":
         raise ValueError(f"attention='cudnn' needs a GPU backend, not "
                          f"{jax.default_backend()!r}; use attention='xla'")
@@ -70,6 +105,11 @@ def attention_fn(impl: str):
         if mask is not None:
             raise ValueError("attention='cudnn' takes no attention mask here; use "
                              "attention='xla'")
+        if valid_tokens is not None:
+            lengths = jnp.full((query.shape[0],), valid_tokens, jnp.int32)
+            return jax.nn.dot_product_attention(query, key, value, query_seq_lengths=lengths,
+                                                key_value_seq_lengths=lengths,
+                                                implementation="cudnn")
         return padded_attention(query, key, value, multiple=CUDNN_SEQ_MULTIPLE,
                                 implementation="cudnn")
 
@@ -101,70 +141,6 @@ def key_padding_mask(valid: jnp.ndarray) -> jnp.ndarray:
     the valid keys only (a padding query still attends to them, so no row is all-masked)."""
     return jnp.broadcast_to(valid[:, None, None, :], (valid.shape[0], 1, valid.shape[1],
                                                       valid.shape[1]))
-
-
-def patchify(images: jnp.ndarray, patch_size: int) -> jnp.ndarray:
-    """``[B, H, W, C] -> [B, (H/p)*(W/p), p*p*C]`` (MAE layout: raster patches, (p, p, C))."""
-    b, h, w, c = images.shape
-    p = patch_size
-    if h % p or w % p:
-        raise ValueError(f"image size {h}x{w} is not divisible by patch_size={p}; "
-                         f"resize/crop to a multiple of {p}")
-    x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, (h // p) * (w // p), p * p * c)
-
-
-def unpatchify(patches: jnp.ndarray, patch_size: int, grid: tuple[int, int],
-               channels: int) -> jnp.ndarray:
-    """Inverse of :func:`patchify`: ``[B, gh*gw, p*p*C] -> [B, gh*p, gw*p, C]``."""
-    b, n, d = patches.shape
-    gh, gw = grid
-    p = patch_size
-    if n != gh * gw or d != p * p * channels:
-        raise ValueError(f"patches of shape {patches.shape} do not match grid={grid}, "
-                         f"patch_size={p}, channels={channels}")
-    x = patches.reshape(b, gh, gw, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, gh * p, gw * p, channels)
-
-
-def _sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
-    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
-    out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)
-    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-
-
-def sincos_2d_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = False) -> np.ndarray:
-    """Fixed 2-D sin-cos position embedding ``[gh*gw (+1), dim]`` as in MAE / MoCo v3.
-
-    The first ``dim/2`` channels encode the column (w) coordinate and the last ``dim/2`` the
-    row (h) coordinate, each as ``[sin(pos*omega), cos(pos*omega)]`` with
-    ``omega_k = 1 / 10000^(k / (dim/4))``. With ``cls_token`` a zero row is prepended.
-    """
-    if dim % 4:
-        raise ValueError(f"sin-cos position embedding needs dim % 4 == 0, got dim={dim}")
-    gh, gw = grid
-    ww, hh = np.meshgrid(np.arange(gw, dtype=np.float64), np.arange(gh, dtype=np.float64))
-    emb = np.concatenate([_sincos_1d(dim // 2, ww), _sincos_1d(dim // 2, hh)], axis=1)
-    if cls_token:
-        emb = np.concatenate([np.zeros((1, dim)), emb], axis=0)
-    return emb.astype(np.float32)
-
-
-def interpolate_pos_embed(pos: jnp.ndarray, grid: tuple[int, int]) -> jnp.ndarray:
-    """Learned positions ``[1, G*G, D]`` (a square grid) resized to ``grid`` -> ``[1, gh*gw, D]``.
-
-    Bicubic (Keys, a = -0.5) with half-pixel centres and no anti-aliasing, as DINO's
-    ``interpolate_pos_encoding`` (torch's bicubic uses a = -0.75): each output position is a
-    weighted sum of the 4x4 nearest stored positions.
-    """
-    n, d = pos.shape[1], pos.shape[2]
-    g = int(round(n ** 0.5))
-    if g * g != n:
-        raise ValueError(f"pos_embed holds {n} positions, not a square grid; interpolation "
-                         f"needs the model initialised on square images")
-    grid_pos = pos.reshape(g, g, d).astype(jnp.float32)
-    out = jax.image.resize(grid_pos, (*grid, d), method="bicubic", antialias=False)
-    return out.reshape(1, grid[0] * grid[1], d).astype(pos.dtype)
 
 
 #: False: ``take_tokens(..., distinct=True)`` differentiates as a plain gather (a scatter-add
@@ -298,15 +274,17 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False,
-                 mask: jnp.ndarray | None = None) -> jnp.ndarray:
-        """``mask``: optional bool ``[B, 1, T, T]`` attention mask (True = may attend)."""
+                 mask: jnp.ndarray | None = None,
+                 valid_tokens: int | None = None) -> jnp.ndarray:
+        """``mask``: optional bool ``[B, 1, T, T]`` attention mask (True = may attend);
+        ``valid_tokens``: the tokens past this many are padding (keys excluded)."""
         det = not train
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attn_dropout,
             kernel_init=_DENSE_INIT, force_fp32_for_softmax=True,
             qkv_dot_general=dense_dot_general, out_dot_general=dense_dot_general,
-            attention_fn=attention_fn(self.attention), name="attn")(
+            attention_fn=attention_fn(self.attention, valid_tokens), name="attn")(
                 y, y, mask=mask, deterministic=det)
         y = Dropout(self.dropout)(y, deterministic=det)
         x = x + DropPath(self.drop_path)(y, deterministic=det)
@@ -435,10 +413,16 @@ class ViT(nn.Module):
             if self.use_cls:
                 valid = jnp.concatenate([jnp.ones((x.shape[0], 1), bool), valid], axis=1)
             mask = key_padding_mask(valid)
+        tokens = x.shape[1]
+        pad = sequence_padding(self.attention, tokens) if mask is None else 0
+        if pad:
+            x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
         for i in range(self.depth):
             dp = self.drop_path_rate * i / max(self.depth - 1, 1)
             x = Block(self.num_heads, self.mlp_ratio, self.dropout, self.attn_dropout, dp,
-                      self.dtype, self.attention, name=f"block{i}")(x, train=train, mask=mask)
+                      self.dtype, self.attention, name=f"block{i}")(
+                          x, train=train, mask=mask, valid_tokens=tokens if pad else None)
+        x = x[:, :tokens]
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
         self.sow("intermediates", "tokens", x)
         if self.pool == "cls":
