@@ -3,6 +3,8 @@
     python bench/gpu_mfu.py                      # on a machine with one GPU
     python bench/gpu_mfu.py --only mae --batch 256,512 --attention xla,cudnn
     python bench/gpu_mfu.py --cases mae:1024:cudnn,clip:512:cudnn   # these cases, in order
+    python bench/gpu_mfu.py --cases mae:1024:cudnn,mae:1024:cudnn:PAD_SEQUENCE_ONCE=True
+                             # a case's own A/B switches (jssl.models.vit's unless dotted)
 
 Each case is the real-scale preset's method and optimizer (``experiments/mae.py:imagenet_vitb16``,
 ``experiments/clip.py:coco_b16``: ViT-B/16 at 224 px, bf16 compute, float32 params and AdamW
@@ -133,7 +135,9 @@ def build_case(method: str, batch: int, attention: str, devices=None):
     return config, state, make_train_step(m, tx, mesh, shardings), data
 
 
-def bench_case(method: str, batch: int, attention: str, repeats: int, peak: float) -> dict:
+def bench_case(method: str, batch: int, attention: str, repeats: int, peak: float,
+               case_sets: str = "") -> dict:
+    sets = apply_sets(case_sets)
     config, state, step, data = build_case(method, batch, attention)
     t0 = time.perf_counter()
     prepare = step.prepare.lower(state.rng, state.step, data).compile()
@@ -163,7 +167,8 @@ def bench_case(method: str, batch: int, attention: str, repeats: int, peak: floa
             "xla_tflop_per_step": None if xla_flops is None else xla_flops / 1e12,
             "mfu": model_flops / update_s / peak,
             "mfu_with_prepare": model_flops / (update_s + prepare_s) / peak,
-            "loss_first": first, "loss_last": loss, "repeats": repeats}
+            "loss_first": first, "loss_last": loss, "repeats": repeats,
+            "sets": {k: repr(v) for k, v in sets.items()}}
 
 
 def attention_agreement(batch: int = 8) -> dict:
@@ -202,21 +207,37 @@ def apply_sets(spec: str) -> dict[str, object]:
     return done
 
 
-def parse_cases(args: argparse.Namespace) -> list[tuple[str, int, str]]:
-    """``--cases`` in order, else every ``--only`` × ``--batch`` × ``--attention``."""
+def parse_cases(args: argparse.Namespace) -> list[tuple[str, int, str, str]]:
+    """``--cases`` in order, else every ``--only`` × ``--batch`` × ``--attention``; each case
+    as ``(method, batch, attention, sets)``, ``sets`` an ``--set`` string for that case alone
+    (a case's optional 4th field, ``NAME=literal+NAME=literal``, names in jssl.models.vit
+    unless dotted)."""
     if not args.cases:
-        return [(m, int(b), a) for m in args.only.split(",") for b in args.batch.split(",")
-                for a in args.attention.split(",")]
+        return [(m, int(b), a, "") for m in args.only.split(",")
+                for b in args.batch.split(",") for a in args.attention.split(",")]
     cases = []
     for case in args.cases.split(","):
-        parts = case.split(":")
-        if len(parts) != 3 or parts[0] not in SPECS or not parts[1].isdigit() \
+        parts = case.split(":", 3)
+        if len(parts) < 3 or parts[0] not in SPECS or not parts[1].isdigit() \
                 or parts[2] not in ("xla", "cudnn"):
-            raise SystemExit(f"--cases={args.cases!r}: {case!r} is not method:batch:attention "
-                             f"(method in {sorted(SPECS)}, attention xla or cudnn), e.g. "
-                             f"mae:1024:cudnn")
-        cases.append((parts[0], int(parts[1]), parts[2]))
+            raise SystemExit(f"--cases={args.cases!r}: {case!r} is not method:batch:attention"
+                             f"[:NAME=value+...] (method in {sorted(SPECS)}, attention xla or "
+                             f"cudnn), e.g. mae:1024:cudnn or "
+                             f"mae:1024:cudnn:PAD_SEQUENCE_ONCE=True")
+        sets = ",".join(item if "." in item.partition("=")[0] else f"jssl.models.vit.{item}"
+                        for item in parts[3].split("+")) if len(parts) == 4 else ""
+        cases.append((parts[0], int(parts[1]), parts[2], sets))
     return cases
+
+
+def _current(sets: str) -> str:
+    """The ``--set`` string that puts back what ``sets`` will change."""
+    import importlib
+    out = []
+    for item in filter(None, sets.split(",")):
+        module, _, name = item.partition("=")[0].rpartition(".")
+        out.append(f"{module}.{name}={getattr(importlib.import_module(module), name)!r}")
+    return ",".join(out)
 
 
 def main() -> None:
@@ -253,16 +274,20 @@ def main() -> None:
             print("attention agreement", report["attention_agreement"], flush=True)
         except Exception as e:  # noqa: BLE001 - a failing kernel is a result too
             report["errors"].append(f"attention agreement: {type(e).__name__}: {e}"[:500])
-    for method, batch, attention in parse_cases(args):
+    for method, batch, attention, sets in parse_cases(args):
+        before = _current(sets)
         try:
-            r = bench_case(method, batch, attention, args.repeats, args.peak_tflops * 1e12)
+            r = bench_case(method, batch, attention, args.repeats, args.peak_tflops * 1e12,
+                           case_sets=sets)
         except Exception as e:  # noqa: BLE001
-            msg = f"{method} batch {batch} {attention}: {type(e).__name__}: {e}"
+            msg = f"{method} batch {batch} {attention} {sets}: {type(e).__name__}: {e}"
             print(msg[:800], flush=True)
             report["errors"].append(msg[:800])
             continue
+        finally:
+            apply_sets(before)
         report["results"].append(r)
-        print(f"{method:5s} batch {batch:4d} {attention:6s}: {r['images_per_s']:8.0f} "
+        print(f"{method:5s} batch {batch:4d} {attention:6s} {sets}: {r['images_per_s']:8.0f} "
               f"img/s, update {r['update_s'] * 1e3:7.1f} ms, prepare "
               f"{r['prepare_s'] * 1e3:6.1f} ms, MFU {100 * r['mfu']:5.1f} % "
               f"(xla flops {r['xla_tflop_per_step']} vs model "

@@ -236,8 +236,9 @@ def main() -> None:
                                ).strip()
     import gpu_mfu
     import jax
-    method, batch, attention = gpu_mfu.parse_cases(argparse.Namespace(cases=args.case))[0]
-    sets = gpu_mfu.apply_sets(args.set)
+    method, batch, attention, case_sets = gpu_mfu.parse_cases(
+        argparse.Namespace(cases=args.case))[0]
+    sets = gpu_mfu.apply_sets(",".join(filter(None, (args.set, case_sets))))
     if args.preset:
         gpu_mfu.SPECS[method] = args.preset
     config, state, step, data = gpu_mfu.build_case(method, batch, attention)
@@ -266,7 +267,7 @@ def main() -> None:
                    case=args.case, preset=gpu_mfu.SPECS[method], device=jax.devices()[0]
                    .device_kind, jax=jax.__version__, steps=args.steps,
                    model_tflop_per_step=gpu_mfu.vit_flops(method, config) * batch / 1e12,
-                   xla_flags=os.environ["XLA_FLAGS"], sets=sets)
+                   xla_flags=os.environ["XLA_FLAGS"], sets={k: repr(v) for k, v in sets.items()})
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"{args.case}: wall {summary['wall_ms']:.1f} ms/step, device busy "
           f"{summary['busy_ms']:.1f} ms, {summary['events_per_step']} events/step, model "

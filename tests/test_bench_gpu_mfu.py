@@ -18,9 +18,14 @@ def _args(**kw) -> argparse.Namespace:
 
 def test_cases_keep_their_order_and_default_to_the_product():
     assert gpu_mfu.parse_cases(_args(cases="clip:512:cudnn,mae:1024:xla")) == [
-        ("clip", 512, "cudnn"), ("mae", 1024, "xla")]
+        ("clip", 512, "cudnn", ""), ("mae", 1024, "xla", "")]
     assert gpu_mfu.parse_cases(_args(only="mae", batch="256,1024", attention="xla")) == [
-        ("mae", 256, "xla"), ("mae", 1024, "xla")]
+        ("mae", 256, "xla", ""), ("mae", 1024, "xla", "")]
+    # a case's own switches: names in jssl.models.vit unless dotted, joined by "+"
+    assert gpu_mfu.parse_cases(_args(
+        cases="mae:1024:cudnn:PAD_SEQUENCE_ONCE=True+jssl.models.dense.DIRECT_KERNEL_GRAD=0"
+    )) == [("mae", 1024, "cudnn", "jssl.models.vit.PAD_SEQUENCE_ONCE=True,"
+            "jssl.models.dense.DIRECT_KERNEL_GRAD=0")]
 
 
 @pytest.mark.parametrize("bad", ["mae:1024", "dino:256:xla", "mae:big:xla", "mae:256:flash"])
@@ -52,6 +57,8 @@ def test_apply_sets_sets_switches_and_names_bad_ones():
         assert done == {"jssl.models.vit.CUDNN_SEQ_MULTIPLE": 8,
                         "jssl.models.vit.PATCH_EMBED_MATMUL": True}
         assert vit_mod.CUDNN_SEQ_MULTIPLE == 8 and vit_mod.PATCH_EMBED_MATMUL is True
+        assert gpu_mfu._current("jssl.models.vit.CUDNN_SEQ_MULTIPLE=3") == (
+            "jssl.models.vit.CUDNN_SEQ_MULTIPLE=8")  # what puts the switch back
         with pytest.raises(SystemExit, match="has no NOPE"):
             gpu_mfu.apply_sets("jssl.models.vit.NOPE=1")
         with pytest.raises(SystemExit, match="expected module.NAME=literal"):

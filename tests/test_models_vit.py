@@ -364,3 +364,28 @@ def test_sequence_padded_once_equals_the_unpadded_vit_and_mae(monkeypatch):
         for a, b in zip(jax.tree.leaves(grad_a), jax.tree.leaves(grad_b), strict=True):
             assert np.all(np.isfinite(np.asarray(a)))
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_cudnn_path_sends_short_sequences_to_xla(monkeypatch):
+    """``CUDNN_MIN_TOKENS``: the cuDNN path's attention runs sequences shorter than it through
+    XLA's kernel (so here, on CPU, it runs at all), equal to a NumPy softmax(q·kᵀ/√d)·v, with
+    and without keys excluded by ``valid_tokens``; below the bound it asks cuDNN."""
+    from jssl.models import vit as vit_mod
+
+    rng = np.random.default_rng(2)
+    q, k, v = (rng.standard_normal((2, 16, 2, 8)).astype(np.float32) for _ in range(3))
+
+    def reference(t):
+        logits = np.einsum("bqhd,bkhd->bhqk", q[:, :t], k[:, :t]) / np.sqrt(8)
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        return np.einsum("bhqk,bkhd->bqhd", p / p.sum(-1, keepdims=True), v[:, :t])
+
+    monkeypatch.setattr(vit_mod, "CUDNN_MIN_TOKENS", 17)
+    out = vit_mod.fused_attention(q, k, v)
+    np.testing.assert_allclose(np.asarray(out), reference(16), rtol=1e-5, atol=1e-5)
+    out = vit_mod.fused_attention(q, k, v, valid_tokens=13)
+    np.testing.assert_allclose(np.asarray(out)[:, :13], reference(13), rtol=1e-5, atol=1e-5)
+    if jax.default_backend() != "gpu":
+        monkeypatch.setattr(vit_mod, "CUDNN_MIN_TOKENS", 16)
+        with pytest.raises(Exception):  # noqa: B017 - 16 tokens go to cuDNN, absent on CPU
+            vit_mod.fused_attention(q, k, v)
