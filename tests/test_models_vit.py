@@ -316,54 +316,49 @@ def test_patch_embed_matmul_equals_the_strided_convolution(monkeypatch):
     x = jax.random.uniform(jax.random.key(2), (2, 16, 16, 3))
     model = vit_mod.vit("tiny", pool="mean")
     monkeypatch.setattr(vit_mod, "PATCH_EMBED_MATMUL", False)
-    conv_vars = model.init(jax.random.key(0), x)
-    conv_out, conv_grad = jax.value_and_grad(
-        lambda v: jnp.sum(jnp.sin(model.apply(v, x))))(conv_vars)
+    conv_vars = jax.jit(model.init)(jax.random.key(0), x)
+    conv_out, conv_grad = jax.jit(jax.value_and_grad(
+        lambda v: jnp.sum(jnp.sin(model.apply(v, x)))))(conv_vars)
     monkeypatch.setattr(vit_mod, "PATCH_EMBED_MATMUL", True)
-    mm_vars = model.init(jax.random.key(0), x)
+    mm_vars = jax.jit(model.init)(jax.random.key(0), x)
     assert jax.tree.structure(mm_vars) == jax.tree.structure(conv_vars)
     for a, b in zip(jax.tree.leaves(mm_vars), jax.tree.leaves(conv_vars), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    mm_out, mm_grad = jax.value_and_grad(
-        lambda v: jnp.sum(jnp.sin(model.apply(v, x))))(conv_vars)
+    mm_out, mm_grad = jax.jit(jax.value_and_grad(
+        lambda v: jnp.sum(jnp.sin(model.apply(v, x)))))(conv_vars)
     np.testing.assert_allclose(float(mm_out), float(conv_out), rtol=1e-5)
     for a, b in zip(jax.tree.leaves(mm_grad), jax.tree.leaves(conv_grad), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
-def test_sequence_padded_once_equals_the_unpadded_vit_and_mae(monkeypatch):
+def test_sequence_padded_once_equals_the_unpadded_mae(monkeypatch):
     """``PAD_SEQUENCE_ONCE``: tokens padded once before the blocks, padded keys masked
     (here through the XLA kernel, as cuDNN excludes them by length), padded rows sliced off:
-    the ViT tokens, MAE's predictions and all gradients equal the unpadded model's."""
+    MAE's encoder tokens (a ViT: 4 visible + cls = 5 tokens, padded to 8), its decoder's
+    predictions (17 tokens, padded to 24) and all gradients equal the unpadded model's."""
     from jssl.models import vit as vit_mod
     from jssl.models.mae import mae
 
     x = jax.random.uniform(jax.random.key(4), (2, 16, 16, 3))
-    vit_model = vit_mod.vit("tiny", pool="none")  # 16 patches + cls = 17 tokens
-    mae_model = mae("tiny", channels=3)  # decoder: 17 tokens, encoder 4 + cls = 5
-    vit_vars = vit_model.init(jax.random.key(0), x)
-    mae_vars = mae_model.init({"params": jax.random.key(0), "masking": jax.random.key(1)}, x)
+    model = mae("tiny", channels=3)
+    variables = jax.jit(model.init)({"params": jax.random.key(0),
+                                     "masking": jax.random.key(1)}, x)
 
-    def run():
-        def vit_loss(v):
-            return jnp.sum(jnp.sin(vit_model.apply(v, x)))
+    def loss(v):
+        out = model.apply(v, x, rngs={"masking": jax.random.key(5)})
+        return jnp.sum(jnp.sin(out.pred)) + jnp.sum(jnp.cos(out.latent))
 
-        def mae_loss(v):
-            out = mae_model.apply(v, x, rngs={"masking": jax.random.key(5)})
-            return jnp.sum(jnp.sin(out.pred)) + jnp.sum(jnp.cos(out.latent))
-
-        return jax.value_and_grad(vit_loss)(vit_vars), jax.value_and_grad(mae_loss)(mae_vars)
-
-    plain = run()
+    # jitted afresh for each side, so the switches apply at trace time
+    plain_loss, plain_grad = jax.jit(jax.value_and_grad(loss))(variables)
     monkeypatch.setattr(vit_mod, "PAD_SEQUENCE_ONCE", True)
     monkeypatch.setattr(vit_mod, "SEQUENCE_PAD_IMPLS", ("xla",))
     assert vit_mod.sequence_padding("xla", 17) == 7  # to 24 with CUDNN_SEQ_MULTIPLE = 8
-    padded = run()
-    for (val_a, grad_a), (val_b, grad_b) in zip(padded, plain, strict=True):
-        np.testing.assert_allclose(float(val_a), float(val_b), rtol=1e-5)
-        for a, b in zip(jax.tree.leaves(grad_a), jax.tree.leaves(grad_b), strict=True):
-            assert np.all(np.isfinite(np.asarray(a)))
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    assert vit_mod.sequence_padding("xla", 5) == 3
+    padded_loss, padded_grad = jax.jit(jax.value_and_grad(loss))(variables)
+    np.testing.assert_allclose(float(padded_loss), float(plain_loss), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(padded_grad), jax.tree.leaves(plain_grad), strict=True):
+        assert np.all(np.isfinite(np.asarray(a)))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
 def test_cudnn_path_sends_short_sequences_to_xla(monkeypatch):
