@@ -206,6 +206,12 @@ def gpu_mfu_ab(r: dict) -> str:
     return "\n".join(rows)
 
 
+_KINDS = {"gemm": "GEMM (cuBLAS)", "attention": "attention (cuDNN)",
+          "fusion:kInput": "reduction fusions (`kInput`)",
+          "fusion:kLoop": "elementwise fusions (`kLoop`)",
+          "fusion:kCustom": "other custom fusions (`kCustom`)"}
+
+
 def gpu_profile_mae(r: dict) -> str:
     """bench/gpu_profile_mae.json: bench/gpu_profile.py on MAE ViT-B/16, time per kind."""
     by_kind, graphs = r["runs"][-1], r["runs"][1]
@@ -222,7 +228,8 @@ def gpu_profile_mae(r: dict) -> str:
         if x["ms"] < 0.05:
             continue
         tf = (f"{x['tflop']:.1f} | {x['tflop_per_s']:.0f}" if "tflop" in x else " | ")
-        rows.append(f"| {x['kind']} | {x['ms']:.1f} | {100 * x['ms'] / busy:.0f} % | {tf} |")
+        rows.append(f"| {_KINDS.get(x['kind'], x['kind'])} | {x['ms']:.1f} | "
+                    f"{100 * x['ms'] / busy:.0f} % | {tf} |")
     rows += ["", f"The largest kernels ({graphs['label']}: `{graphs['command']}`), summed "
              "over the layers that launch them:", "",
              "| ms per update | launches | kernel | kind | op (first layer named) |",
