@@ -73,7 +73,7 @@ def hlo_index(hlo: str) -> dict[str, dict]:
     Fusions take their op_name from the first instruction inside the fused computation that
     has one, so the JAX op that started the fusion is named."""
     first_op: dict[str, str] = {}
-    comp_lines: dict[str, list[str]] = collections.defaultdict(list)
+    comp_lines: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
     shapes: dict[str, str] = {}
     current = None
     for line in hlo.splitlines():
@@ -84,12 +84,12 @@ def hlo_index(hlo: str) -> dict[str, dict]:
         if m:
             shapes[m.group(1)] = m.group(2)
             if current and m.group(3) == "dot":
-                comp_lines[current].append(line)
+                comp_lines[current].append((line, m.group(2)))
         if current and current not in first_op:
             found = re.search(r'op_name="([^"]+)"', line)
             if found:
                 first_op[current] = found.group(1)
-    dot_flops = {c: sum(_dot_flops(x, _INSTR.match(x).group(2), shapes) for x in lines)
+    dot_flops = {c: sum(_dot_flops(line, out, shapes) for line, out in lines)
                  for c, lines in comp_lines.items()}
     index = {}
     for line in hlo.splitlines():

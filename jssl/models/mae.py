@@ -28,7 +28,7 @@ from jssl.models.vit import (
     Block,
     ViT,
     patchify,
-    sequence_padding,
+    run_blocks,
     sincos_2d_pos_embed,
     take_tokens,
 )
@@ -143,13 +143,8 @@ class MAE(nn.Module):
             raise ValueError(f"ids_restore covers {num_patches} patches, not a square grid")
         pos = sincos_2d_pos_embed(self.decoder_dim, (g, g), cls_token=True)
         x = x + jnp.asarray(pos)[None].astype(x.dtype)
-        tokens = x.shape[1]
-        pad = sequence_padding(self.attention, tokens)
-        if pad:
-            x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
-        for blk in self.decoder_blocks:
-            x = blk(x, train=train, valid_tokens=tokens if pad else None)
-        x = self.decoder_pred(self.decoder_norm(x[:, :tokens]))
+        x = run_blocks(self.decoder_blocks, x, self.attention, train=train)
+        x = self.decoder_pred(self.decoder_norm(x))
         return x[:, 1:].astype(jnp.float32)
 
     def __call__(self, images: jnp.ndarray, *, ids_keep: jnp.ndarray | None = None,

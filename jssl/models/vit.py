@@ -16,6 +16,7 @@ Params are float32; computation runs in ``dtype``; outputs are in ``dtype``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -67,6 +68,19 @@ def sequence_padding(impl: str, tokens: int) -> int:
     if not PAD_SEQUENCE_ONCE or impl not in SEQUENCE_PAD_IMPLS:
         return 0
     return (-tokens) % CUDNN_SEQ_MULTIPLE
+
+
+def run_blocks(blocks: Sequence[nn.Module], x: jnp.ndarray, impl: str, *, train: bool,
+               mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    """``x [B, T, D]`` through ``blocks`` in turn; without a ``mask``, padded first by
+    :func:`sequence_padding` (the blocks told ``valid_tokens=T``) and sliced back to T."""
+    tokens = x.shape[1]
+    pad = sequence_padding(impl, tokens) if mask is None else 0
+    if pad:
+        x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
+    for blk in blocks:
+        x = blk(x, train=train, mask=mask, valid_tokens=tokens if pad else None)
+    return x[:, :tokens]
 
 
 def attention_fn(impl: str, valid_tokens: int | None = None):
@@ -131,8 +145,7 @@ def fused_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
                                             implementation=impl)
     if impl == "xla":
         return jax.nn.dot_product_attention(query, key, value, implementation="xla")
-    return padded_attention(query, key, value, multiple=CUDNN_SEQ_MULTIPLE,
-                            implementation=impl)
+    return padded_attention(query, key, value, implementation=impl)
 
 
 def padded_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, *,
@@ -432,16 +445,10 @@ class ViT(nn.Module):
             if self.use_cls:
                 valid = jnp.concatenate([jnp.ones((x.shape[0], 1), bool), valid], axis=1)
             mask = key_padding_mask(valid)
-        tokens = x.shape[1]
-        pad = sequence_padding(self.attention, tokens) if mask is None else 0
-        if pad:
-            x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
-        for i in range(self.depth):
-            dp = self.drop_path_rate * i / max(self.depth - 1, 1)
-            x = Block(self.num_heads, self.mlp_ratio, self.dropout, self.attn_dropout, dp,
-                      self.dtype, self.attention, name=f"block{i}")(
-                          x, train=train, mask=mask, valid_tokens=tokens if pad else None)
-        x = x[:, :tokens]
+        blocks = [Block(self.num_heads, self.mlp_ratio, self.dropout, self.attn_dropout,
+                        self.drop_path_rate * i / max(self.depth - 1, 1), self.dtype,
+                        self.attention, name=f"block{i}") for i in range(self.depth)]
+        x = run_blocks(blocks, x, self.attention, train=train, mask=mask)
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
         self.sow("intermediates", "tokens", x)
         if self.pool == "cls":
