@@ -256,6 +256,16 @@ def dense_grad(r: dict) -> str:
     return _switch_table(r, "", "direct dW", "JAX's transpose rule")
 
 
+def batch_norm(r: dict) -> str:
+    """bench/batch_norm.py: the ResNets' BatchNorm, jssl's against nn.BatchNorm."""
+    return _switch_table(r, ", ResNet `conv_impl=\"fast\"`", "jssl BatchNorm", "nn.BatchNorm")
+
+
+def bn_wide_rows(r: dict) -> str:
+    """bench/bn_wide_rows.py: jssl's BatchNorm statistics over wide rows, on against off."""
+    return _switch_table(r, ", ResNet `conv_impl=\"fast\"`", "wide rows", "[M, C] columns")
+
+
 def patch_embed(r: dict) -> str:
     """bench/patch_embed.py: the ViT patch embedding as a matmul against the convolution."""
     return _switch_table(r, " (ViT)", "matmul", "convolution")
@@ -370,12 +380,15 @@ RENDERERS: dict[str, Callable[[dict], str]] = {"cpu_malloc": cpu_malloc,
                                                "gn_convnet": gn_convnet, "gelu": gelu,
                                                "conv_materialise": conv_materialise,
                                                "dense_grad": dense_grad,
+                                               "batch_norm": batch_norm,
+                                               "bn_wide_rows": bn_wide_rows,
                                                "text_ops": text_ops, "dots": dots,
                                                # the same benchmarks on a second machine
                                                "results_xeon": results,
                                                "gpu_mfu_h100": gpu_mfu,
                                                "results_xeon_conv": results,
                                                "results_xeon_dense": results,
+                                               "results_xeon_bn": results,
                                                "xla_cpu_flag_xeon": xla_cpu_flag,
                                                "gn_convnet_xeon": lambda r: gn_convnet(
                                                    r, variants=False)}

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from jssl.models.conv import IMPLS as CONV_IMPLS
 from jssl.models.conv import Conv
-from jssl.models.norm import GroupNorm
+from jssl.models.norm import BatchNorm, GroupNorm
 
 Dtype = Any
 
@@ -63,6 +63,12 @@ def conv_class(impl: str) -> Any:
     return nn.Conv if impl == "xla" else functools.partial(Conv, impl=impl)
 
 
+#: BatchNorm layer of the ResNets: jssl's (wide-row sums on CPU, ``jssl.models.norm``) or
+#: ``nn.BatchNorm`` (same variables; read at trace time; the A/B switch of
+#: bench/batch_norm.py)
+JSSL_BATCHNORM = True
+
+
 def _norm_factory(norm: str, *, train: bool, axis_name: str | None, momentum: float,
                   num_groups: int, dtype: Dtype):
     """Return ``make(features, zero_init=False, name=...)`` building the configured norm."""
@@ -70,9 +76,9 @@ def _norm_factory(norm: str, *, train: bool, axis_name: str | None, momentum: fl
     def make(features: int, zero_init: bool = False, name: str | None = None) -> nn.Module:
         scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
         if norm == "batch":
-            return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=1e-5,
-                                axis_name=axis_name, dtype=dtype, scale_init=scale_init,
-                                name=name)
+            layer = BatchNorm if JSSL_BATCHNORM else nn.BatchNorm
+            return layer(use_running_average=not train, momentum=momentum, epsilon=1e-5,
+                         axis_name=axis_name, dtype=dtype, scale_init=scale_init, name=name)
         groups = min(num_groups, features)
         if features % groups:
             raise ValueError(f"GroupNorm: num_groups={num_groups} does not divide {features} "
