@@ -22,36 +22,28 @@ Runs under tcmalloc, as jssl's CLI.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.kernel_ab import parse, pooled_medians, torch_all_cores  # noqa: E402
+from bench.kernel_ab import row as result_row  # noqa: E402
+
 #: (name, M, K, N) of the bert:fortunes update's dense layers
 SHAPES = (("q/k/v projection", 4096, 128, 384), ("MLP in", 4096, 128, 512),
           ("MLP out", 4096, 512, 128), ("MLM logits", 1280, 128, 4000))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--block", type=int, default=10)
-    parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
-    args = parser.parse_args()
-    if args.repeats < 3 or args.block < 5:
-        parser.error(f"need --repeats >= 3 and --block >= 5, got {args.repeats}, {args.block}")
-    sys.path.insert(0, str(ROOT))
+    args = parse(__doc__, __file__)
+    torch = torch_all_cores()
     import jax
     import numpy as np
 
-    import jssl  # noqa: F401  (jssl's XLA:CPU flags, before the backend starts)
     from bench.baselines import write_report
-    from bench.compare import _timed, import_torch
 
-    torch = import_torch()
-    torch.set_num_threads(os.cpu_count())
     rng = np.random.default_rng(0)
     rows = []
     for name, m, k, n in SHAPES:
@@ -68,18 +60,10 @@ def main() -> None:
             jfn = jax.jit(fn)
             got, want = np.asarray(jfn(*jargs)), fn(*targs).numpy()
             np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
-            runs = {"jax": lambda f=jfn, a=jargs: jax.block_until_ready(f(*a)),
-                    "torch": lambda f=fn, a=targs: f(*a)}
-            for run in runs.values():
-                run(), run()
-            pooled = {who: [] for who in runs}
-            for i in range(args.repeats):
-                for who in (list(runs) if i % 2 == 0 else list(runs)[::-1]):
-                    pooled[who] += [_timed(runs[who]) for _ in range(args.block)][2:]
-            med = {who: statistics.median(v) for who, v in pooled.items()}
-            row = {"layer": name, "m": m, "k": k, "n": n, "matmul": part, "median_s": med,
-                   "ratio_jax_torch": round(med["jax"] / med["torch"], 2),
-                   "load": round(os.getloadavg()[0], 2)}
+            med = pooled_medians({"jax": lambda f=jfn, a=jargs: jax.block_until_ready(f(*a)),
+                                  "torch": lambda f=fn, a=targs: f(*a)}, args.repeats,
+                                 args.block)
+            row = result_row(med, layer=name, m=m, k=k, n=n, matmul=part)
             print(f"{name:17s} {part:24s} jax {med['jax'] * 1e3:.2f} ms, torch "
                   f"{med['torch'] * 1e3:.2f} ms: {row['ratio_jax_torch']:.2f}", flush=True)
             rows.append(row)
@@ -89,7 +73,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     from jssl.cpu_malloc import maybe_reexec
 
     maybe_reexec()  # jssl's CLI runs with tcmalloc on CPU; so do the matmuls here

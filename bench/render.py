@@ -298,12 +298,16 @@ def text_ops(r: dict) -> str:
     return "\n".join(rows)
 
 
+def _kernel_intro(r: dict) -> str:
+    """The first line of a one-kernel XLA:CPU-against-PyTorch table (bench/kernel_ab.py)."""
+    return (_measured_in_one_process(r, f", torch {r['torch']} ({r['torch_threads']} threads)")
+            + f" XLA_FLAGS `{r['xla_flags']}`. One process, blocks of back-to-back calls "
+            f"alternating between the frameworks; medians.")
+
+
 def dots(r: dict) -> str:
     """bench/dots.py: the BERT update's matmuls, XLA:CPU against PyTorch, one at a time."""
-    rows = [_measured_in_one_process(r, f", torch {r['torch']} ({r['torch_threads']} threads)")
-            + f" XLA_FLAGS `{r['xla_flags']}`. One process, blocks of back-to-back calls "
-            f"alternating between the frameworks; medians.",
-            "",
+    rows = [_kernel_intro(r), "",
             "| layer ([M, K]·[K, N]) | matmul | XLA:CPU | PyTorch | XLA / PyTorch |",
             "|---|---|---:|---:|---:|"]
     for x in r["results"]:
@@ -311,6 +315,19 @@ def dots(r: dict) -> str:
         rows.append(f"| {x['layer']} ([{x['m']}, {x['k']}]·[{x['k']}, {x['n']}]) "
                     f"| {x['matmul']} | {m['jax'] * 1e3:.2f} ms | {m['torch'] * 1e3:.2f} ms "
                     f"| {x['ratio_jax_torch']:.2f} |")
+    return "\n".join(rows)
+
+
+def attention(r: dict) -> str:
+    """bench/attention.py: one attention's forward + backward, XLA:CPU against PyTorch's
+    fused scaled_dot_product_attention, at the CPU presets' shapes."""
+    rows = [_kernel_intro(r), "",
+            "| attention | [B, L, H, D] | part | XLA:CPU | PyTorch SDPA | XLA / PyTorch |",
+            "|---|---|---|---:|---:|---:|"]
+    for x in r["results"]:
+        m = x["median_s"]
+        rows.append(f"| {x['attention']} | {x['shape']} | {x['part']} | {m['jax'] * 1e3:.2f} ms "
+                    f"| {m['torch'] * 1e3:.2f} ms | {x['ratio_jax_torch']:.2f} |")
     return "\n".join(rows)
 
 
@@ -383,6 +400,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {"cpu_malloc": cpu_malloc,
                                                "batch_norm": batch_norm,
                                                "bn_wide_rows": bn_wide_rows,
                                                "text_ops": text_ops, "dots": dots,
+                                               "attention": attention,
                                                # the same benchmarks on a second machine
                                                "results_xeon": results,
                                                "gpu_mfu_h100": gpu_mfu,

@@ -1,0 +1,104 @@
+"""Benchmark: one attention's forward + backward, XLA:CPU (jssl's CPU kernel, Flax's einsum
+attention) against PyTorch's fused ``scaled_dot_product_attention``, at the CPU presets'
+shapes.
+
+    .venv/bin/python bench/attention.py
+    .venv/bin/python bench/attention.py --repeats 15
+
+For q, k, v and the output gradient dO of shape [B, L, H, D] (the MAE encoder's 13 tokens
+and decoder's 50 tokens of the ``mae:fashion_mnist`` update, BERT's 64 tokens of
+``bert:fortunes``): JAX runs ``jax.grad`` of ⟨attention(q, k, v), dO⟩ with respect to q, k
+and v, jitted, with ``jssl.models.vit.attention_fn("xla")`` (softmax(q·kᵀ/√D)·v, the kernel
+jssl's ViT and MAE use on CPU); PyTorch runs the same function with
+``torch.nn.functional.scaled_dot_product_attention`` on [B, H, L, D] views (as
+``nn.MultiheadAttention`` does) and ``backward()``, ``torch.set_num_threads(os.cpu_count())``.
+Both in one process, in blocks of ``--block`` back-to-back calls (a block's first two dropped),
+the frameworks' blocks alternating ``--repeats`` times; medians; the gradients are checked
+equal first. Also the forward alone. Ratios are JAX / PyTorch (> 1: PyTorch is faster).
+Writes ``bench/attention.json`` (rendered by ``python bench/render.py`` into
+docs/performance.md). Runs under tcmalloc, as jssl's CLI.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.kernel_ab import parse, pooled_medians, torch_all_cores  # noqa: E402
+from bench.kernel_ab import row as result_row  # noqa: E402
+
+#: (name, B, L, H, D) of the CPU presets' attentions
+SHAPES = (("MAE encoder (mae:fashion_mnist)", 256, 13, 4, 32),
+          ("MAE decoder (mae:fashion_mnist)", 256, 50, 4, 16),
+          ("BERT (bert:fortunes)", 64, 64, 4, 32))
+
+
+def _measure(name: str, arrays: list, torch, repeats: int, block: int) -> list[dict]:
+    """Rows (forward + backward, forward) for q, k, v, dO = ``arrays`` ([B, L, H, D])."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jssl.models.vit import attention_fn
+
+    attend = attention_fn("xla")
+    jq, jk, jv, jdo = (jnp.asarray(a) for a in arrays)
+    grad = jax.jit(jax.grad(lambda q, k, v: jnp.vdot(attend(q, k, v), jdo), (0, 1, 2)))
+    fwd = jax.jit(attend)
+    tq, tk, tv = (torch.from_numpy(a).requires_grad_(True) for a in arrays[:3])
+    tdo = torch.from_numpy(arrays[3])
+
+    def t_attend(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+    def t_grad():
+        for a in (tq, tk, tv):
+            a.grad = None
+        (t_attend(tq, tk, tv) * tdo).sum().backward()
+        return tq.grad, tk.grad, tv.grad
+
+    def t_fwd():
+        with torch.no_grad():
+            return t_attend(tq, tk, tv)
+
+    for got, want in zip(grad(jq, jk, jv), t_grad(), strict=True):
+        want = want.numpy()
+        np.testing.assert_allclose(np.asarray(got), want, atol=1e-4 * np.abs(want).max())
+    rows = []
+    for part, runs in (("forward + backward", {
+            "jax": lambda: jax.block_until_ready(grad(jq, jk, jv)), "torch": t_grad}),
+            ("forward", {"jax": lambda: jax.block_until_ready(fwd(jq, jk, jv)),
+                         "torch": t_fwd})):
+        med = pooled_medians(runs, repeats, block)
+        row = result_row(med, attention=name, shape=list(arrays[0].shape), part=part)
+        print(f"{name:32s} {part:18s} jax {med['jax'] * 1e3:.2f} ms, torch "
+              f"{med['torch'] * 1e3:.2f} ms: {row['ratio_jax_torch']:.2f}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    args = parse(__doc__, __file__)
+    torch = torch_all_cores()
+    import numpy as np
+
+    from bench.baselines import write_report
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, *shape in SHAPES:
+        arrays = [rng.standard_normal(shape, dtype=np.float32) for _ in range(4)]
+        rows += _measure(name, arrays, torch, args.repeats, args.block)
+    write_report(args.out, "attention.py", args, torch=torch.__version__,
+                 torch_threads=torch.get_num_threads(),
+                 xla_flags=os.environ.get("XLA_FLAGS", ""), results=rows)
+
+
+if __name__ == "__main__":
+    from jssl.cpu_malloc import maybe_reexec
+
+    maybe_reexec()  # jssl's CLI runs with tcmalloc on CPU; so does this comparison
+    main()
