@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jssl.models.conv import IMPLS as CONV_IMPLS
@@ -63,9 +64,9 @@ def conv_class(impl: str) -> Any:
     return nn.Conv if impl == "xla" else functools.partial(Conv, impl=impl)
 
 
-#: BatchNorm layer of the ResNets: jssl's (wide-row sums on CPU, ``jssl.models.norm``) or
-#: ``nn.BatchNorm`` (same variables; read at trace time; the A/B switch of
-#: bench/batch_norm.py)
+#: BatchNorm layer of the ResNets on CPU: jssl's (``jssl.models.norm``, measured faster there)
+#: or ``nn.BatchNorm`` (same variables; read at trace time; the A/B switch of
+#: bench/batch_norm.py). GPU/TPU keep ``nn.BatchNorm`` until jssl's is measured there.
 JSSL_BATCHNORM = True
 
 
@@ -76,7 +77,8 @@ def _norm_factory(norm: str, *, train: bool, axis_name: str | None, momentum: fl
     def make(features: int, zero_init: bool = False, name: str | None = None) -> nn.Module:
         scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
         if norm == "batch":
-            layer = BatchNorm if JSSL_BATCHNORM else nn.BatchNorm
+            cpu = jax.default_backend() == "cpu"
+            layer = BatchNorm if JSSL_BATCHNORM and cpu else nn.BatchNorm
             return layer(use_running_average=not train, momentum=momentum, epsilon=1e-5,
                          axis_name=axis_name, dtype=dtype, scale_init=scale_init, name=name)
         groups = min(num_groups, features)
