@@ -255,3 +255,24 @@ def test_batch_norm_dtype_rules_follow_flax():
                 == theirs.apply(v, x, mutable=["batch_stats"])[0].dtype), kw
     with pytest.raises(ValueError, match=r"BatchNorm input of shape \(8,\)"):
         BatchNorm(use_running_average=False).init(jax.random.key(0), jnp.zeros(8))
+
+
+def test_resnet_batch_norm_switch():
+    """The ResNets use jssl's BatchNorm on CPU by default (None), nn.BatchNorm when False:
+    the wide-row statistics of the 8-channel stem show in the jaxpr or not."""
+    from jssl.models import resnet as resnet_lib
+
+    x = jnp.zeros((2, 8, 8, 1))
+    old = resnet_lib.JSSL_BATCHNORM
+    try:
+        seen = {}
+        for value in (None, True, False):
+            resnet_lib.JSSL_BATCHNORM = value
+            model = resnet_lib.resnet("tiny", stem="cifar")
+            v = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), x, train=True))
+            jaxpr = str(jax.make_jaxpr(lambda v, m=model: m.apply(
+                v, x, train=True, mutable=["batch_stats"]))(v))
+            seen[value] = "f32[8,128]" in jaxpr  # [2·8·8/16, 16·8]
+        assert seen == {None: True, True: True, False: False}
+    finally:
+        resnet_lib.JSSL_BATCHNORM = old

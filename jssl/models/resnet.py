@@ -64,10 +64,11 @@ def conv_class(impl: str) -> Any:
     return nn.Conv if impl == "xla" else functools.partial(Conv, impl=impl)
 
 
-#: BatchNorm layer of the ResNets on CPU: jssl's (``jssl.models.norm``, measured faster there)
-#: or ``nn.BatchNorm`` (same variables; read at trace time; the A/B switch of
-#: bench/batch_norm.py). GPU/TPU keep ``nn.BatchNorm`` until jssl's is measured there.
-JSSL_BATCHNORM = True
+#: BatchNorm layer of the ResNets: jssl's (``jssl.models.norm``; True) or ``nn.BatchNorm``
+#: (False); same variables. None: jssl's on CPU, where it was measured faster
+#: (bench/batch_norm.py), ``nn.BatchNorm`` on GPU/TPU until it is measured there. Read at
+#: trace time; also a benchmark's A/B switch.
+JSSL_BATCHNORM: bool | None = None
 
 
 def _norm_factory(norm: str, *, train: bool, axis_name: str | None, momentum: float,
@@ -77,8 +78,9 @@ def _norm_factory(norm: str, *, train: bool, axis_name: str | None, momentum: fl
     def make(features: int, zero_init: bool = False, name: str | None = None) -> nn.Module:
         scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
         if norm == "batch":
-            cpu = jax.default_backend() == "cpu"
-            layer = BatchNorm if JSSL_BATCHNORM and cpu else nn.BatchNorm
+            ours = (jax.default_backend() == "cpu" if JSSL_BATCHNORM is None
+                    else JSSL_BATCHNORM)
+            layer = BatchNorm if ours else nn.BatchNorm
             return layer(use_running_average=not train, momentum=momentum, epsilon=1e-5,
                          axis_name=axis_name, dtype=dtype, scale_init=scale_init, name=name)
         groups = min(num_groups, features)
