@@ -9,7 +9,8 @@ For q, k, v and the output gradient dO of shape [B, L, H, D] (the MAE encoder's 
 and decoder's 50 tokens of the ``mae:fashion_mnist`` update, BERT's 64 tokens of
 ``bert:fortunes``): JAX runs ``jax.grad`` of ⟨attention(q, k, v), dO⟩ with respect to q, k
 and v, jitted, with ``jssl.models.vit.attention_fn("xla")`` (softmax(q·kᵀ/√D)·v, the kernel
-jssl's ViT and MAE use on CPU); PyTorch runs the same function with
+jssl's ViT and MAE use on CPU, head-major there: ``jssl.models.head_major``; BERT's own
+attention forms the same products the same way); PyTorch runs the same function with
 ``torch.nn.functional.scaled_dot_product_attention`` on [B, H, L, D] views (as
 ``nn.MultiheadAttention`` does) and ``backward()``, ``torch.set_num_threads(os.cpu_count())``.
 Both in one process, in blocks of ``--block`` back-to-back calls (a block's first two dropped),
@@ -30,9 +31,9 @@ from bench.kernel_ab import parse, pooled_medians, torch_all_cores  # noqa: E402
 from bench.kernel_ab import row as result_row  # noqa: E402
 
 #: (name, B, L, H, D) of the CPU presets' attentions
-SHAPES = (("MAE encoder (mae:fashion_mnist)", 256, 13, 4, 32),
-          ("MAE decoder (mae:fashion_mnist)", 256, 50, 4, 16),
-          ("BERT (bert:fortunes)", 64, 64, 4, 32))
+SHAPES = (("mae:fashion_mnist encoder", 256, 13, 4, 32),
+          ("mae:fashion_mnist decoder", 256, 50, 4, 16),
+          ("bert:fortunes (its shape)", 64, 64, 4, 32))
 
 
 def _measure(name: str, arrays: list, torch, repeats: int, block: int) -> list[dict]:

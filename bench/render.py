@@ -266,6 +266,11 @@ def bn_wide_rows(r: dict) -> str:
     return _switch_table(r, ", ResNet `conv_impl=\"fast\"`", "wide rows", "[M, C] columns")
 
 
+def head_major(r: dict) -> str:
+    """bench/head_major.py: attention computed head-major on CPU against the einsum forms."""
+    return _switch_table(r, "", "head-major", "einsum")
+
+
 def patch_embed(r: dict) -> str:
     """bench/patch_embed.py: the ViT patch embedding as a matmul against the convolution."""
     return _switch_table(r, " (ViT)", "matmul", "convolution")
@@ -399,6 +404,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {"cpu_malloc": cpu_malloc,
                                                "dense_grad": dense_grad,
                                                "batch_norm": batch_norm,
                                                "bn_wide_rows": bn_wide_rows,
+                                               "head_major": head_major,
                                                "text_ops": text_ops, "dots": dots,
                                                "attention": attention,
                                                # the same benchmarks on a second machine
@@ -407,6 +413,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {"cpu_malloc": cpu_malloc,
                                                "results_xeon_conv": results,
                                                "results_xeon_dense": results,
                                                "results_xeon_bn": results,
+                                               "results_xeon_attn": results,
                                                "xla_cpu_flag_xeon": xla_cpu_flag,
                                                "gn_convnet_xeon": lambda r: gn_convnet(
                                                    r, variants=False)}

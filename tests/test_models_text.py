@@ -351,3 +351,35 @@ def test_t5_tied_head_bf16_and_presets():
             small["d_ff"]) == (512, 6, 8, 2048)
     with pytest.raises(ValueError, match="preset"):
         t5.t5("t5_xxl")
+
+
+def test_text_attention_head_major_equals_the_einsum_forms(monkeypatch):
+    """jssl.models.head_major's products in MultiHeadAttention (on by default on CPU):
+    output and every gradient equal the einsum forms', with a mask, a bias and cross-attention
+    lengths differing from the query length."""
+    from jssl.models import head_major
+    from jssl.models.transformer import BlockConfig, MultiHeadAttention
+
+    cfg = BlockConfig(dim=16, num_heads=4, mlp_dim=32)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 5, 16)), jnp.float32)
+    ctx = jnp.asarray(rng.standard_normal((2, 7, 16)), jnp.float32)
+    mask = jnp.asarray(rng.random((2, 1, 5, 7)) > 0.3).at[..., 0].set(True)
+    bias = jnp.asarray(rng.standard_normal((1, 4, 5, 7)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((2, 5, 16)), jnp.float32)
+    module = MultiHeadAttention(cfg)
+    params = module.init(jax.random.key(0), x, ctx, mask, bias)
+
+    def run():
+        def f(p, x):
+            return jnp.vdot(module.apply(p, x, ctx, mask, bias), g)
+        return f(params, x), jax.grad(f, argnums=(0, 1))(params, x)
+
+    assert head_major.enabled()  # the tests run on CPU
+    value, grads = run()
+    monkeypatch.setattr(head_major, "ENABLED", False)
+    want_value, want_grads = run()
+    np.testing.assert_allclose(float(value), float(want_value), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                                   atol=1e-5 * float(jnp.abs(b).max()))

@@ -229,7 +229,7 @@ def test_mae_presets_and_errors():
 
 
 def test_attention_impl_xla_is_flax_attention_and_cudnn_needs_a_gpu():
-    """``attention="xla"`` is Flax's einsum attention: the same output as a NumPy
+    """``attention="xla"`` is Flax's attention (head-major on CPU): the same output as a NumPy
     softmax(q·kᵀ/√d)·v; "cudnn" off a GPU and unknown names fail with one clear line."""
     from jssl.models.vit import attention_fn
 
@@ -384,3 +384,61 @@ def test_cudnn_path_sends_short_sequences_to_xla(monkeypatch):
         monkeypatch.setattr(vit_mod, "CUDNN_MIN_TOKENS", 16)
         with pytest.raises(Exception):  # noqa: B017 - 16 tokens go to cuDNN, absent on CPU
             vit_mod.fused_attention(q, k, v)
+
+
+@pytest.mark.parametrize("case", ["plain", "mask", "bias", "bf16_fp32_softmax"])
+def test_head_major_attention_is_flax_attention(case):
+    """jssl.models.head_major computes Flax's attention: values and gradients (float32) or
+    values and dtype (bfloat16 with a float32 softmax) as nn.dot_product_attention."""
+    import flax.linen as nn
+
+    from jssl.models.head_major import head_major_attention
+
+    rng = np.random.default_rng(1)
+    q, k, v, g = (jnp.asarray(rng.standard_normal((3, 6, 2, 8)), jnp.float32)
+                  for _ in range(4))
+    kw = dict(deterministic=True)
+    if case == "mask":
+        kw["mask"] = jnp.asarray(rng.random((3, 1, 6, 6)) > 0.4).at[..., 0].set(True)
+    if case == "bias":
+        kw["bias"] = jnp.asarray(rng.standard_normal((3, 2, 6, 6)), jnp.float32)
+    if case == "bf16_fp32_softmax":
+        q, k, v = (a.astype(jnp.bfloat16) for a in (q, k, v))
+        kw["force_fp32_for_softmax"] = True
+    ours = head_major_attention(q, k, v, **kw)
+    flax_out = nn.dot_product_attention(q, k, v, **kw)
+    assert ours.dtype == flax_out.dtype and ours.shape == flax_out.shape
+    np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(flax_out, np.float32),
+                               rtol=1e-5, atol=1e-6)
+    if case != "bf16_fp32_softmax":
+        def grads(fn):
+            return jax.grad(lambda q, k, v: jnp.vdot(fn(q, k, v, **kw), g), (0, 1, 2))(q, k, v)
+        for a, b in zip(grads(head_major_attention), grads(nn.dot_product_attention),
+                        strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_head_major_attention_dropout_is_flax_and_the_switch(monkeypatch):
+    """With attention dropout the call is Flax's own (same keep mask for the same key); the
+    CPU "xla" attention is head-major by default (None) and Flax's with the switch False."""
+    import flax.linen as nn
+
+    from jssl.models import head_major
+    from jssl.models import vit as vit_lib
+    from jssl.models.head_major import head_major_attention
+
+    rng = np.random.default_rng(2)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 5, 2, 4)), jnp.float32) for _ in range(3))
+    kw = dict(dropout_rate=0.3, deterministic=False, dropout_rng=jax.random.key(3))
+    np.testing.assert_array_equal(head_major_attention(q, k, v, **kw),
+                                  nn.dot_product_attention(q, k, v, **kw))
+    assert vit_lib.attention_fn("xla") is head_major_attention  # tests run on CPU
+    monkeypatch.setattr(head_major, "ENABLED", False)
+    assert vit_lib.attention_fn("xla") is nn.dot_product_attention
+    x = jnp.asarray(rng.standard_normal((2, 8, 8, 1)), jnp.float32)
+    model = vit("tiny")
+    variables = model.init(jax.random.key(0), x)
+    flax_tokens = model.apply(variables, x)
+    monkeypatch.setattr(head_major, "ENABLED", None)
+    np.testing.assert_allclose(np.asarray(model.apply(variables, x)), np.asarray(flax_tokens),
+                               rtol=1e-5, atol=1e-5)

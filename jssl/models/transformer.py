@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jssl.models.activations import gelu
 from jssl.models.dense import dense_dot_general
 from jssl.models.dropout import Dropout
+from jssl.models.head_major import attend, attention_logits
 
 Array = jax.Array
 Dtype = Any
@@ -148,14 +149,14 @@ class MultiHeadAttention(nn.Module):
         v = proj("value", cfg.kernel_init())(context)
         if cfg.scale_logits:
             q = q / jnp.sqrt(dh).astype(q.dtype)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        logits = attention_logits(q, k, preferred_element_type=jnp.float32)
         if bias is not None:
             logits = logits + bias.astype(jnp.float32)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1)
         probs = Dropout(cfg.attention_dropout_rate)(probs, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(cfg.dtype), v)
+        out = attend(probs.astype(cfg.dtype), v)
         return nn.DenseGeneral(cfg.dim, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.dtype,
                                kernel_init=cfg.kernel_init(out=True),
                                dot_general=dense_dot_general, name="out")(out)

@@ -23,9 +23,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jssl.models import head_major
 from jssl.models.activations import gelu
 from jssl.models.dense import dense_dot_general
 from jssl.models.dropout import Dropout
+from jssl.models.head_major import head_major_attention
 from jssl.models.patches import (  # noqa: F401  (unpatchify: re-exported)
     interpolate_pos_embed,
     patchify,
@@ -86,7 +88,8 @@ def run_blocks(blocks: Sequence[nn.Module], x: jnp.ndarray, impl: str, *, train:
 def attention_fn(impl: str, valid_tokens: int | None = None):
     """The attention kernel of :class:`Block`: ``softmax(q·kᵀ/√d_h)·v`` per head.
 
-    ``"xla"`` is Flax's einsum attention (softmax in float32); ``"cudnn"`` is the fused
+    ``"xla"`` is Flax's einsum attention (softmax in float32; on CPU the same operations
+    head-major, ``jssl.models.head_major``); ``"cudnn"`` is the fused
     flash-attention kernel of cuDNN through ``jax.nn.dot_product_attention`` (same
     parameters and function, GPU only, no attention dropout), tokens padded to a multiple
     of ``CUDNN_SEQ_MULTIPLE`` (``padded_attention``). With ``valid_tokens`` the sequence
@@ -96,15 +99,16 @@ def attention_fn(impl: str, valid_tokens: int | None = None):
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention={impl!r} is unknown; use one of {ATTENTION_IMPLS}")
     if impl == "xla":
+        base = head_major_attention if head_major.enabled() else nn.dot_product_attention
         if valid_tokens is None:
-            return nn.dot_product_attention
+            return base
 
-        @functools.wraps(nn.dot_product_attention)
+        @functools.wraps(base)
         def masked(query, key, value, mask=None, **kwargs):
             keys = jnp.arange(key.shape[1]) < valid_tokens
             keys = jnp.broadcast_to(keys, (key.shape[0], 1, query.shape[1], key.shape[1]))
             mask = keys if mask is None else jnp.logical_and(mask, keys)
-            return nn.dot_product_attention(query, key, value, mask=mask, **kwargs)
+            return base(query, key, value, mask=mask, **kwargs)
 
         return masked
     if jax.default_backend() != "gpu":
