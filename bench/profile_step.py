@@ -9,7 +9,10 @@ step. Each thunk is printed with the JAX op that made it (the ``op_name`` of its
 instruction in the optimised module, or of the first instruction inside its fused
 computation), and whether it belongs to the forward or the backward (``transpose(...)``).
 Thunks that run inside a library call without an event of their own (e.g. Eigen
-convolutions) are not listed. The trace and the HLO dump stay in ``--dir``.
+convolutions) are not listed. Before tracing, the median wall and process CPU time of the
+update are printed: with every core busy, thunk durations overlap and include waiting, so a
+change that shortens them need not shorten the update (docs/performance.md, section (9)).
+The trace and the HLO dump stay in ``--dir``.
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ import gzip
 import json
 import os
 import re
+import statistics
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +78,12 @@ def main() -> None:
     run = _jssl_update(config, 5)["run"]
     for _ in range(3):
         run()
+    wall, cpu = [], []
+    for _ in range(max(args.steps, 5)):
+        t0, c0 = time.perf_counter(), time.process_time()
+        run()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     with jax.profiler.trace(str(out / "trace"), create_perfetto_trace=True):
         for _ in range(args.steps):
             run()
@@ -89,6 +100,10 @@ def main() -> None:
     total = sum(per_thunk.values())
     print(f"{args.preset}: {len(per_thunk)} thunks with events, {total:.1f} ms per update "
           f"in them; XLA_FLAGS {os.environ['XLA_FLAGS']!r}")
+    print(f"without the profiler: {statistics.median(wall) * 1e3:.0f} ms wall and "
+          f"{statistics.median(cpu) * 1e3:.0f} ms process CPU time per update (medians). "
+          f"Thunks overlap each other and the Eigen convolutions on the cores, so their "
+          f"durations are not the CPU time they cost: judge a change by wall and CPU time.")
     for name, ms in per_thunk.most_common(args.top):
         op = names[name].replace("jit(update)/", "")
         part = "bwd" if "transpose(" in op else "fwd"
