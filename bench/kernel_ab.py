@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 from collections.abc import Callable
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse(doc: str, script: str) -> argparse.Namespace:
@@ -27,7 +24,6 @@ def parse(doc: str, script: str) -> argparse.Namespace:
 def torch_all_cores():
     """PyTorch (this environment's, else ``bench/.venv-torch``'s) with one intra-op thread
     per core; imports jssl first, so its XLA:CPU flags are set before JAX's backend starts."""
-    sys.path.insert(0, str(ROOT))
     import jssl  # noqa: F401
     from bench.compare import import_torch
 

@@ -36,18 +36,28 @@ def enabled() -> bool:
     return jax.default_backend() == "cpu" if ENABLED is None else bool(ENABLED)
 
 
+def _logits(q: jax.Array, k: jax.Array, **kwargs: Any) -> jax.Array:
+    """q·kᵀ per (b, h) on ``[B, L, H, D]`` operands, as a matmul over leading axes."""
+    return jnp.matmul(jnp.swapaxes(q, 1, 2), jnp.transpose(k, (0, 2, 3, 1)), **kwargs)
+
+
+def _weighted(probs: jax.Array, v: jax.Array, **kwargs: Any) -> jax.Array:
+    """probs ``[B, H, Lq, Lk]`` · v ``[B, Lk, H, D]`` -> ``[B, Lq, H, D]``, as a matmul."""
+    return jnp.swapaxes(jnp.matmul(probs, jnp.swapaxes(v, 1, 2), **kwargs), 1, 2)
+
+
 def attention_logits(q: jax.Array, k: jax.Array, **kwargs: Any) -> jax.Array:
     """``einsum('bqhd,bkhd->bhqk', q, k, **kwargs)``, head-major when :func:`enabled`."""
     if not enabled():
         return jnp.einsum("bqhd,bkhd->bhqk", q, k, **kwargs)
-    return jnp.matmul(jnp.swapaxes(q, 1, 2), jnp.transpose(k, (0, 2, 3, 1)), **kwargs)
+    return _logits(q, k, **kwargs)
 
 
 def attend(probs: jax.Array, v: jax.Array) -> jax.Array:
     """``einsum('bhqk,bkhd->bqhd', probs, v)``, head-major when :func:`enabled`."""
     if not enabled():
         return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    return jnp.swapaxes(jnp.matmul(probs, jnp.swapaxes(v, 1, 2)), 1, 2)
+    return _weighted(probs, v)
 
 
 def head_major_attention(query: jax.Array, key: jax.Array, value: jax.Array,
@@ -67,9 +77,8 @@ def head_major_attention(query: jax.Array, key: jax.Array, value: jax.Array,
             force_fp32_for_softmax=force_fp32_for_softmax)
     query, key, value = nn.dtypes.promote_dtype(query, key, value, dtype=dtype)
     dtype = query.dtype
-    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (query, key, value))
-    q = q / jnp.sqrt(q.shape[-1]).astype(dtype)
-    logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), precision=precision)
+    query = query / jnp.sqrt(query.shape[-1]).astype(dtype)
+    logits = _logits(query, key, precision=precision)
     if bias is not None:
         logits = logits + bias
     if mask is not None:
@@ -78,5 +87,4 @@ def head_major_attention(query: jax.Array, key: jax.Array, value: jax.Array,
         weights = jax.nn.softmax(logits.astype(jnp.float32))
     else:
         weights = jax.nn.softmax(logits).astype(dtype)
-    out = jnp.matmul(weights, v, precision=precision)
-    return jnp.swapaxes(out, 1, 2)
+    return _weighted(weights, value, precision=precision)

@@ -27,7 +27,6 @@ from jssl.models import head_major
 from jssl.models.activations import gelu
 from jssl.models.dense import dense_dot_general
 from jssl.models.dropout import Dropout
-from jssl.models.head_major import head_major_attention
 from jssl.models.patches import (  # noqa: F401  (unpatchify: re-exported)
     interpolate_pos_embed,
     patchify,
@@ -99,7 +98,8 @@ def attention_fn(impl: str, valid_tokens: int | None = None):
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention={impl!r} is unknown; use one of {ATTENTION_IMPLS}")
     if impl == "xla":
-        base = head_major_attention if head_major.enabled() else nn.dot_product_attention
+        base = (head_major.head_major_attention if head_major.enabled()
+                else nn.dot_product_attention)
         if valid_tokens is None:
             return base
 
