@@ -26,12 +26,13 @@ venv: $(STAMP)
 
 # Embedded real data from Debian's packages (offline, no download at run time):
 # Fashion-MNIST IDX files, the fortunes corpus, and espeak-ng for the spoken digits; and
-# tcmalloc, which jssl's CPU runs restart with (jssl/cpu_malloc.py).
+# tcmalloc, which jssl's CPU runs restart with (jssl/cpu_malloc.py), and g++, which builds
+# jssl's native CPU attention kernel on first use (jssl/native/).
 TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4) \
                         /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4)
 DEB_DATA := $(FMNIST_DIR)/train-images-idx3-ubyte.gz:dataset-fashion-mnist \
             /usr/share/games/fortunes/fortunes:fortunes /usr/bin/espeak-ng:espeak-ng \
-            $(TCMALLOC):libtcmalloc-minimal4
+            $(TCMALLOC):libtcmalloc-minimal4 /usr/bin/g++:g++
 data:
 	@missing=""; for pair in $(DEB_DATA); do \
 	  [ -e "$${pair%%:*}" ] || missing="$$missing $${pair##*:}"; done; \

@@ -17,6 +17,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["jssl", "jssl.*"]),
+    package_data={"jssl.native": ["*.cc"]},  # built on first use (jssl/native/__init__.py)
     install_requires=_requirements("requirements.txt"),
     extras_require={
         "test": ["chex==0.1.92", "pytest==9.2.0", "ruff==0.17.6"],

@@ -1,6 +1,6 @@
-"""Benchmark: one attention's forward + backward, XLA:CPU (jssl's CPU kernel, Flax's einsum
-attention) against PyTorch's fused ``scaled_dot_product_attention``, at the CPU presets'
-shapes.
+"""Benchmark: one attention's forward + backward, jssl's native CPU kernel and XLA:CPU's
+(head-major) attention against PyTorch's fused ``scaled_dot_product_attention``, at the CPU
+presets' shapes.
 
     .venv/bin/python bench/attention.py
     .venv/bin/python bench/attention.py --repeats 15
@@ -8,14 +8,16 @@ shapes.
 For q, k, v and the output gradient dO of shape [B, L, H, D] (the MAE encoder's 13 tokens
 and decoder's 50 tokens of the ``mae:fashion_mnist`` update, BERT's 64 tokens of
 ``bert:fortunes``): JAX runs ``jax.grad`` of ⟨attention(q, k, v), dO⟩ with respect to q, k
-and v, jitted, with ``jssl.models.vit.attention_fn("xla")`` (softmax(q·kᵀ/√D)·v, the kernel
-jssl's ViT and MAE use on CPU, head-major there: ``jssl.models.head_major``; BERT's own
-attention forms the same products the same way); PyTorch runs the same function with
+and v, jitted, with ``jssl.models.vit.attention_fn("xla")`` (softmax(q·kᵀ/√D)·v) twice: with
+``jssl.models.native_attention.ENABLED`` True (column ``native``: the fused kernel jssl's ViT
+and MAE use on a one-device CPU) and False (column ``jax``: XLA's attention, head-major,
+``jssl.models.head_major``; BERT's own attention forms the same products the same way);
+PyTorch runs the same function with
 ``torch.nn.functional.scaled_dot_product_attention`` on [B, H, L, D] views (as
 ``nn.MultiheadAttention`` does) and ``backward()``, ``torch.set_num_threads(os.cpu_count())``.
 Both in one process, in blocks of ``--block`` back-to-back calls (a block's first two dropped),
-the frameworks' blocks alternating ``--repeats`` times; medians; the gradients are checked
-equal first. Also the forward alone. Ratios are JAX / PyTorch (> 1: PyTorch is faster).
+the three's blocks alternating ``--repeats`` times; medians; the gradients are checked
+equal first. Also the forward alone. Ratios are to PyTorch (> 1: PyTorch is faster).
 Writes ``bench/attention.json`` (rendered by ``python bench/render.py`` into
 docs/performance.md). Runs under tcmalloc, as jssl's CLI.
 """
@@ -42,12 +44,19 @@ def _measure(name: str, arrays: list, torch, repeats: int, block: int) -> list[d
     import jax.numpy as jnp
     import numpy as np
 
+    from jssl.models import native_attention
     from jssl.models.vit import attention_fn
 
-    attend = attention_fn("xla")
     jq, jk, jv, jdo = (jnp.asarray(a) for a in arrays)
-    grad = jax.jit(jax.grad(lambda q, k, v: jnp.vdot(attend(q, k, v), jdo), (0, 1, 2)))
-    fwd = jax.jit(attend)
+    grads, fwds = {}, {}
+    for label, on in (("jax", False), ("native", True)):
+        native_attention.ENABLED = on
+        attend = attention_fn("xla")
+        grads[label] = jax.jit(jax.grad(lambda q, k, v, f=attend: jnp.vdot(f(q, k, v), jdo),
+                                        (0, 1, 2)))
+        fwds[label] = jax.jit(attend)
+        jax.block_until_ready((grads[label](jq, jk, jv), fwds[label](jq, jk, jv)))
+    native_attention.ENABLED = None
     tq, tk, tv = (torch.from_numpy(a).requires_grad_(True) for a in arrays[:3])
     tdo = torch.from_numpy(arrays[3])
 
@@ -65,18 +74,25 @@ def _measure(name: str, arrays: list, torch, repeats: int, block: int) -> list[d
         with torch.no_grad():
             return t_attend(tq, tk, tv)
 
-    for got, want in zip(grad(jq, jk, jv), t_grad(), strict=True):
-        want = want.numpy()
-        np.testing.assert_allclose(np.asarray(got), want, atol=1e-4 * np.abs(want).max())
+    want = [w.numpy() for w in t_grad()]
+    for label, grad in grads.items():
+        for got, w in zip(grad(jq, jk, jv), want, strict=True):
+            np.testing.assert_allclose(np.asarray(got), w, atol=1e-4 * np.abs(w).max(),
+                                       err_msg=label)
     rows = []
     for part, runs in (("forward + backward", {
-            "jax": lambda: jax.block_until_ready(grad(jq, jk, jv)), "torch": t_grad}),
-            ("forward", {"jax": lambda: jax.block_until_ready(fwd(jq, jk, jv)),
-                         "torch": t_fwd})):
+            **{k: (lambda g=g: jax.block_until_ready(g(jq, jk, jv))) for k, g in grads.items()},
+            "torch": t_grad}),
+            ("forward", {
+                **{k: (lambda f=f: jax.block_until_ready(f(jq, jk, jv)))
+                   for k, f in fwds.items()},
+                "torch": t_fwd})):
         med = pooled_medians(runs, repeats, block)
         row = result_row(med, attention=name, shape=list(arrays[0].shape), part=part)
-        print(f"{name:32s} {part:18s} jax {med['jax'] * 1e3:.2f} ms, torch "
-              f"{med['torch'] * 1e3:.2f} ms: {row['ratio_jax_torch']:.2f}", flush=True)
+        row["ratio_native_torch"] = round(med["native"] / med["torch"], 2)
+        print(f"{name:32s} {part:18s} native {med['native'] * 1e3:.2f} ms, jax "
+              f"{med['jax'] * 1e3:.2f} ms, torch {med['torch'] * 1e3:.2f} ms: "
+              f"{row['ratio_native_torch']:.2f} / {row['ratio_jax_torch']:.2f}", flush=True)
         rows.append(row)
     return rows
 

@@ -271,6 +271,11 @@ def head_major(r: dict) -> str:
     return _switch_table(r, "", "head-major", "einsum")
 
 
+def native_attention(r: dict) -> str:
+    """bench/native_attention.py: the native CPU attention kernel against XLA's attention."""
+    return _switch_table(r, "", "native kernel", "XLA (head-major)")
+
+
 def patch_embed(r: dict) -> str:
     """bench/patch_embed.py: the ViT patch embedding as a matmul against the convolution."""
     return _switch_table(r, " (ViT)", "matmul", "convolution")
@@ -326,13 +331,19 @@ def dots(r: dict) -> str:
 def attention(r: dict) -> str:
     """bench/attention.py: one attention's forward + backward, XLA:CPU against PyTorch's
     fused scaled_dot_product_attention, at the CPU presets' shapes."""
-    rows = [_kernel_intro(r), "",
-            "| attention | [B, L, H, D] | part | XLA:CPU | PyTorch SDPA | XLA / PyTorch |",
-            "|---|---|---|---:|---:|---:|"]
+    native = "native" in r["results"][0]["median_s"]  # runs before the native kernel: two
+    head = ("| attention | [B, L, H, D] | part | " + ("jssl native | " if native else "")
+            + "XLA:CPU | PyTorch SDPA | " + ("native / PyTorch | " if native else "")
+            + "XLA / PyTorch |")
+    rows = [_kernel_intro(r), "", head,
+            "|---|---|---|" + "---:|" * (head.count("|") - 4)]
     for x in r["results"]:
         m = x["median_s"]
-        rows.append(f"| {x['attention']} | {x['shape']} | {x['part']} | {m['jax'] * 1e3:.2f} ms "
-                    f"| {m['torch'] * 1e3:.2f} ms | {x['ratio_jax_torch']:.2f} |")
+        cells = [x["attention"], str(x["shape"]), x["part"]]
+        cells += [f"{m['native'] * 1e3:.2f} ms"] if native else []
+        cells += [f"{m['jax'] * 1e3:.2f} ms", f"{m['torch'] * 1e3:.2f} ms"]
+        cells += [f"{x['ratio_native_torch']:.2f}"] if native else []
+        rows.append("| " + " | ".join(cells + [f"{x['ratio_jax_torch']:.2f}"]) + " |")
     return "\n".join(rows)
 
 
@@ -407,6 +418,8 @@ RENDERERS: dict[str, Callable[[dict], str]] = {"cpu_malloc": cpu_malloc,
                                                "head_major": head_major,
                                                "text_ops": text_ops, "dots": dots,
                                                "attention": attention,
+                                               "attention_native": attention,
+                                               "native_attention": native_attention,
                                                # the same benchmarks on a second machine
                                                "results_xeon": results,
                                                "gpu_mfu_h100": gpu_mfu,

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jssl.models import head_major
+from jssl.models import head_major, native_attention
 from jssl.models.activations import gelu
 from jssl.models.dense import dense_dot_general
 from jssl.models.dropout import Dropout
@@ -88,7 +88,8 @@ def attention_fn(impl: str, valid_tokens: int | None = None):
     """The attention kernel of :class:`Block`: ``softmax(q·kᵀ/√d_h)·v`` per head.
 
     ``"xla"`` is Flax's einsum attention (softmax in float32; on CPU the same operations
-    head-major, ``jssl.models.head_major``); ``"cudnn"`` is the fused
+    head-major, ``jssl.models.head_major``, or where it applies one fused native kernel,
+    ``jssl.models.native_attention``); ``"cudnn"`` is the fused
     flash-attention kernel of cuDNN through ``jax.nn.dot_product_attention`` (same
     parameters and function, GPU only, no attention dropout), tokens padded to a multiple
     of ``CUDNN_SEQ_MULTIPLE`` (``padded_attention``). With ``valid_tokens`` the sequence
@@ -98,7 +99,8 @@ def attention_fn(impl: str, valid_tokens: int | None = None):
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention={impl!r} is unknown; use one of {ATTENTION_IMPLS}")
     if impl == "xla":
-        base = (head_major.head_major_attention if head_major.enabled()
+        base = (native_attention.dot_product_attention if native_attention.enabled()
+                else head_major.head_major_attention if head_major.enabled()
                 else nn.dot_product_attention)
         if valid_tokens is None:
             return base

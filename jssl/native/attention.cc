@@ -1,0 +1,356 @@
+// Fused softmax attention for XLA:CPU, called through jax.ffi (jssl/models/native_attention.py).
+//
+// Per (batch b, head h), on [B, L, H, D] float32 operands (q already divided by sqrt(D)):
+//   forward:   S = q·kᵀ,  P = softmax(S) row-wise,  O = P·v,  lse_i = m_i + log Σ_j exp(S_ij − m_i)
+//   backward:  P = exp(S − lse) (recomputed),  δ_i = Σ_d dO_id·O_id,  dP = dO·vᵀ,
+//              dS = P ⊙ (dP − δ),  dq = dS·k,  dk = dSᵀ·q,  dv = Pᵀ·dO
+// A few query rows at a time: the [L, L] scores never exist beyond R rows of L floats. The
+// (b, h) pairs are spread over XLA's intra-op thread pool. D is a multiple of 16 (16 floats
+// = one vector); no mask, bias or dropout: the Python side uses XLA's attention for those.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using v16 = float __attribute__((vector_size(64)));
+using i16 = int32_t __attribute__((vector_size(64)));
+
+inline v16 load(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+inline v16 splat(float x) { return v16{} + x; }
+inline float hsum(v16 v) {
+  float s = 0.0f;
+  for (int i = 0; i < 16; ++i) s += v[i];
+  return s;
+}
+inline float hmax(v16 v) {
+  float m = v[0];
+  for (int i = 1; i < 16; ++i) m = std::max(m, v[i]);
+  return m;
+}
+
+// exp(x) for x <= 0 (up to rounding): Cephes' expf, x = n·ln2 + r with |r| <= ln2/2, exp(r)
+// by a degree-6 polynomial (relative error ~2e-7), 2^n through the exponent bits; x is
+// clamped at -87 (exp = 1.6e-38, below every softmax sum's rounding).
+inline v16 vexp(v16 x) {
+  x = x < -87.0f ? splat(-87.0f) : x;
+  const v16 t = x * 1.44269504088896341f - 0.5f;    // t <= -0.5 + tiny
+  const v16 n = __builtin_convertvector(__builtin_convertvector(t, i16), v16);  // ceil(t)
+  v16 r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  v16 p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const i16 bits = (__builtin_convertvector(n, i16) + 127) << 23;
+  v16 scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+struct Work {
+  std::atomic<int64_t> next{0}, done{0};
+  int64_t n = 0;
+  std::function<void(int64_t)> fn;
+};
+
+void Drain(const std::shared_ptr<Work>& w) {
+  for (int64_t i; (i = w->next.fetch_add(1)) < w->n;) {
+    w->fn(i);
+    w->done.fetch_add(1);
+  }
+}
+
+// Runs fn(0..n-1) on the caller and the pool's threads; the caller waits only for tasks
+// another thread has already started, so it cannot deadlock when every pool thread is a caller.
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, std::function<void(int64_t)> fn) {
+  auto w = std::make_shared<Work>();
+  w->n = n;
+  w->fn = std::move(fn);
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([w] { Drain(w); });
+  Drain(w);
+  while (w->done.load() < n) std::this_thread::yield();
+}
+
+struct Shape {
+  int64_t B, L, H, D, Lp;  // Lp: L rounded up to 16
+  int64_t row() const { return H * D; }  // stride between tokens of one (b, h)
+  int64_t base(int64_t bh) const { return (bh / H) * L * H * D + (bh % H) * D; }
+};
+
+// x [L, D] (row stride rs) -> xt [D, Lp], zero past column L
+void Transpose(const float* x, const Shape& sh, float* xt) {
+  std::fill(xt, xt + sh.D * sh.Lp, 0.0f);
+  for (int64_t j = 0; j < sh.L; ++j)
+    for (int64_t d = 0; d < sh.D; ++d) xt[d * sh.Lp + j] = x[j * sh.row() + d];
+}
+
+// s[r, 0..Lp) = a_r · bt for R rows a_r (D floats each)
+template <int V, int R>
+inline void RowsTimesT(const float* const* a, const float* bt, int64_t Lp, float* s) {
+  for (int64_t jb = 0; jb < Lp; jb += 16) {
+    v16 acc[R] = {};
+    for (int d = 0; d < 16 * V; ++d) {
+      const v16 b = load(bt + d * Lp + jb);
+      for (int r = 0; r < R; ++r) acc[r] += a[r][d] * b;
+    }
+    for (int r = 0; r < R; ++r) store(s + r * Lp + jb, acc[r]);
+  }
+}
+
+template <int V, int R>
+void ForwardRows(const Shape& sh, int64_t i0, const float* q, const float* kt, const float* vc,
+                 float* o, float* lse, float* s) {
+  const int64_t L = sh.L, Lp = sh.Lp, rs = sh.row();
+  const float* qr[R];
+  for (int r = 0; r < R; ++r) qr[r] = q + (i0 + r) * rs;
+  RowsTimesT<V, R>(qr, kt, Lp, s);
+  for (int r = 0; r < R; ++r) {
+    float* sr = s + r * Lp;
+    for (int64_t j = L; j < Lp; ++j) sr[j] = -INFINITY;
+    v16 m = load(sr);
+    for (int64_t jb = 16; jb < Lp; jb += 16) {
+      const v16 x = load(sr + jb);
+      m = x > m ? x : m;
+    }
+    const float mr = hmax(m);
+    v16 total = {};
+    for (int64_t jb = 0; jb < Lp; jb += 16) {
+      const v16 e = vexp(load(sr + jb) - mr);
+      store(sr + jb, e);
+      total += e;
+    }
+    const float tr = hsum(total), inv = 1.0f / tr;
+    for (int64_t jb = 0; jb < Lp; jb += 16) store(sr + jb, load(sr + jb) * inv);
+    lse[i0 + r] = mr + std::log(tr);
+  }
+  v16 acc[R][V] = {};
+  for (int64_t j = 0; j < L; ++j) {
+    v16 vv[V];
+    for (int c = 0; c < V; ++c) vv[c] = load(vc + j * 16 * V + 16 * c);
+    for (int r = 0; r < R; ++r) {
+      const float p = s[r * Lp + j];
+      for (int c = 0; c < V; ++c) acc[r][c] += p * vv[c];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < V; ++c) store(o + (i0 + r) * rs + 16 * c, acc[r][c]);
+}
+
+template <int V, int R>
+void ForwardPair(const Shape& sh, int64_t bh, const float* q, const float* k, const float* v,
+                 float* o, float* lse, std::vector<float>& buf) {
+  const int64_t L = sh.L, D = sh.D, Lp = sh.Lp, off = sh.base(bh);
+  buf.resize(D * Lp + L * D + R * Lp);
+  float* kt = buf.data();
+  float* vc = kt + D * Lp;
+  float* s = vc + L * D;
+  Transpose(k + off, sh, kt);
+  for (int64_t j = 0; j < L; ++j) std::memcpy(vc + j * D, v + off + j * sh.row(), D * 4);
+  float* lse_bh = lse + bh * L;
+  int64_t i = 0;
+  for (; i + R <= L; i += R) ForwardRows<V, R>(sh, i, q + off, kt, vc, o + off, lse_bh, s);
+  for (; i < L; ++i) ForwardRows<V, 1>(sh, i, q + off, kt, vc, o + off, lse_bh, s);
+}
+
+template <int V, int R>
+void BackwardRows(const Shape& sh, int64_t i0, const float* q, const float* o, const float* g,
+                  const float* lse, const float* kt, const float* vt, const float* kc,
+                  float* dq, float* dkc, float* dvc, float* p, float* ds) {
+  const int64_t L = sh.L, Lp = sh.Lp, rs = sh.row();
+  const float *qr[R], *gr[R];
+  for (int r = 0; r < R; ++r) {
+    qr[r] = q + (i0 + r) * rs;
+    gr[r] = g + (i0 + r) * rs;
+  }
+  RowsTimesT<V, R>(qr, kt, Lp, p);   // S
+  RowsTimesT<V, R>(gr, vt, Lp, ds);  // dP
+  for (int r = 0; r < R; ++r) {
+    v16 dot = {};
+    for (int c = 0; c < V; ++c) dot += load(gr[r] + 16 * c) * load(o + (i0 + r) * rs + 16 * c);
+    const float delta = hsum(dot), l = lse[i0 + r];
+    float *pr = p + r * Lp, *dr = ds + r * Lp;
+    for (int64_t jb = 0; jb < Lp; jb += 16) {
+      const v16 e = vexp(load(pr + jb) - l);
+      store(pr + jb, e);
+      store(dr + jb, e * (load(dr + jb) - delta));
+    }
+  }
+  // dq = dS·k and dk += dSᵀ·q
+  v16 a[R][V] = {}, qv[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < V; ++c) qv[r][c] = load(qr[r] + 16 * c);
+  for (int64_t j = 0; j < L; ++j) {
+    v16 kv[V], dk[V];
+    for (int c = 0; c < V; ++c) {
+      kv[c] = load(kc + j * 16 * V + 16 * c);
+      dk[c] = load(dkc + j * 16 * V + 16 * c);
+    }
+    for (int r = 0; r < R; ++r) {
+      const float x = ds[r * Lp + j];
+      for (int c = 0; c < V; ++c) {
+        a[r][c] += x * kv[c];
+        dk[c] += x * qv[r][c];
+      }
+    }
+    for (int c = 0; c < V; ++c) store(dkc + j * 16 * V + 16 * c, dk[c]);
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < V; ++c) store(dq + (i0 + r) * rs + 16 * c, a[r][c]);
+  // dv += Pᵀ·dO
+  v16 gv[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < V; ++c) gv[r][c] = load(gr[r] + 16 * c);
+  for (int64_t j = 0; j < L; ++j) {
+    v16 dv[V];
+    for (int c = 0; c < V; ++c) dv[c] = load(dvc + j * 16 * V + 16 * c);
+    for (int r = 0; r < R; ++r) {
+      const float x = p[r * Lp + j];
+      for (int c = 0; c < V; ++c) dv[c] += x * gv[r][c];
+    }
+    for (int c = 0; c < V; ++c) store(dvc + j * 16 * V + 16 * c, dv[c]);
+  }
+}
+
+template <int V, int R>
+void BackwardPair(const Shape& sh, int64_t bh, const float* q, const float* k, const float* v,
+                  const float* o, const float* lse, const float* g, float* dq, float* dk,
+                  float* dv, std::vector<float>& buf) {
+  const int64_t L = sh.L, D = sh.D, Lp = sh.Lp, rs = sh.row(), off = sh.base(bh);
+  buf.resize(2 * D * Lp + 3 * L * D + 2 * R * Lp);
+  float* kt = buf.data();
+  float* vt = kt + D * Lp;
+  float* kc = vt + D * Lp;
+  float* dkc = kc + L * D;
+  float* dvc = dkc + L * D;
+  float* p = dvc + L * D;
+  float* ds = p + R * Lp;
+  Transpose(k + off, sh, kt);
+  Transpose(v + off, sh, vt);
+  for (int64_t j = 0; j < L; ++j) std::memcpy(kc + j * D, k + off + j * rs, D * 4);
+  std::fill(dkc, dkc + 2 * L * D, 0.0f);
+  const float* lse_bh = lse + bh * L;
+  int64_t i = 0;
+  for (; i + R <= L; i += R)
+    BackwardRows<V, R>(sh, i, q + off, o + off, g + off, lse_bh, kt, vt, kc, dq + off, dkc,
+                       dvc, p, ds);
+  for (; i < L; ++i)
+    BackwardRows<V, 1>(sh, i, q + off, o + off, g + off, lse_bh, kt, vt, kc, dq + off, dkc,
+                       dvc, p, ds);
+  for (int64_t j = 0; j < L; ++j) {
+    std::memcpy(dk + off + j * rs, dkc + j * D, D * 4);
+    std::memcpy(dv + off + j * rs, dvc + j * D, D * 4);
+  }
+}
+
+// Spreads the (b, h) pairs over the pool in tasks of several pairs each.
+template <typename F>
+void ForPairs(ffi::ThreadPool& pool, int64_t pairs, F one) {
+  const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
+  const int64_t chunk = std::max<int64_t>(1, pairs / (8 * threads));
+  const int64_t tasks = (pairs + chunk - 1) / chunk;
+  ParallelFor(pool, tasks, [=](int64_t t) {
+    std::vector<float> buf;
+    for (int64_t bh = t * chunk; bh < std::min(pairs, (t + 1) * chunk); ++bh) one(bh, buf);
+  });
+}
+
+Shape ShapeOf(ffi::Buffer<ffi::F32>& x) {
+  auto d = x.dimensions();
+  return {d[0], d[1], d[2], d[3], (d[1] + 15) / 16 * 16};
+}
+
+// Query rows per block for D = 16·V: R·V vector accumulators stay in registers.
+template <int V>
+constexpr int Rows() { return V <= 2 ? 4 : V == 4 ? 2 : 1; }
+
+// run(std::integral_constant<int, D / 16>) for the head dims the kernel is compiled for.
+template <typename F>
+ffi::Error ForHeadDim(int64_t D, F run) {
+  switch (D) {
+    case 16: run(std::integral_constant<int, 1>{}); break;
+    case 32: run(std::integral_constant<int, 2>{}); break;
+    case 64: run(std::integral_constant<int, 4>{}); break;
+    case 128: run(std::integral_constant<int, 8>{}); break;
+    default:
+      return ffi::Error::InvalidArgument("jssl attention: head dim must be 16, 32, 64 or 128");
+  }
+  return ffi::Error::Success();
+}
+
+// q, k, v [B, L, H, D] -> o [B, L, H, D], lse [B, H, L]
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                   ffi::Buffer<ffi::F32> v, ffi::ResultBuffer<ffi::F32> o,
+                   ffi::ResultBuffer<ffi::F32> lse) {
+  const Shape sh = ShapeOf(q);
+  const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
+  float *op = o->typed_data(), *lp = lse->typed_data();
+  return ForHeadDim(sh.D, [&](auto vtag) {
+    constexpr int V = decltype(vtag)::value;
+    ForPairs(pool, sh.B * sh.H, [=](int64_t bh, std::vector<float>& buf) {
+      ForwardPair<V, Rows<V>()>(sh, bh, qp, kp, vp, op, lp, buf);
+    });
+  });
+}
+
+// q, k, v, o, lse, dO -> dq, dk, dv (q as the forward saw it: already divided by sqrt(D))
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> o,
+                    ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
+                    ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
+                    ffi::ResultBuffer<ffi::F32> dv) {
+  const Shape sh = ShapeOf(q);
+  const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
+  const float *opp = o.typed_data(), *lp = lse.typed_data(), *gp = dout.typed_data();
+  float *dqp = dq->typed_data(), *dkp = dk->typed_data(), *dvp = dv->typed_data();
+  return ForHeadDim(sh.D, [&](auto vtag) {
+    constexpr int V = decltype(vtag)::value;
+    ForPairs(pool, sh.B * sh.H, [=](int64_t bh, std::vector<float>& buf) {
+      BackwardPair<V, Rows<V>()>(sh, bh, qp, kp, vp, opp, lp, gp, dqp, dkp, dvp, buf);
+    });
+  });
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JsslAttentionForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JsslAttentionBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
