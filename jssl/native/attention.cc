@@ -34,15 +34,25 @@ inline v16 load(const float* p) {
 }
 inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
 inline v16 splat(float x) { return v16{} + x; }
+using v8 = float __attribute__((vector_size(32)));
+using v4 = float __attribute__((vector_size(16)));
+
+// Horizontal sum and max by halving (three vector steps, then four lanes).
+inline v4 Fold(v16 v, bool max) {
+  const v8 lo = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+  const v8 hi = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const v8 a = max ? (lo > hi ? lo : hi) : lo + hi;
+  const v4 l4 = __builtin_shufflevector(a, a, 0, 1, 2, 3);
+  const v4 h4 = __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return max ? (l4 > h4 ? l4 : h4) : l4 + h4;
+}
 inline float hsum(v16 v) {
-  float s = 0.0f;
-  for (int i = 0; i < 16; ++i) s += v[i];
-  return s;
+  const v4 b = Fold(v, false);
+  return (b[0] + b[2]) + (b[1] + b[3]);
 }
 inline float hmax(v16 v) {
-  float m = v[0];
-  for (int i = 1; i < 16; ++i) m = std::max(m, v[i]);
-  return m;
+  const v4 b = Fold(v, true);
+  return std::max(std::max(b[0], b[2]), std::max(b[1], b[3]));
 }
 
 // exp(x) for x <= 0 (up to rounding): Cephes' expf, x = n·ln2 + r with |r| <= ln2/2, exp(r)
