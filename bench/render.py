@@ -427,6 +427,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {"cpu_malloc": cpu_malloc,
                                                "results_xeon_dense": results,
                                                "results_xeon_bn": results,
                                                "results_xeon_attn": results,
+                                               "results_xeon_native": results,
                                                "xla_cpu_flag_xeon": xla_cpu_flag,
                                                "gn_convnet_xeon": lambda r: gn_convnet(
                                                    r, variants=False)}
