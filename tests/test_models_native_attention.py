@@ -73,36 +73,127 @@ def test_saturated_softmax_stays_finite_and_exact():
         np.testing.assert_allclose(np.asarray(a), b, atol=2e-4 * np.abs(b).max())
 
 
+def _masked_reference(q, k, v, g, mask, keep=None, keep_prob=1.0):
+    """Flax's masked attention (hidden scores = finfo(float32).min, so a fully masked row is
+    uniform) with dropout where(keep, P/κ, 0), in float64, and the gradients of Σ out·g
+    (none through hidden scores)."""
+    q, k, v, g = (np.asarray(a, np.float64) for a in (q, k, v, g))
+    b, length, h, d = q.shape
+    mask = np.broadcast_to(np.asarray(mask, bool), (b, h, length, length))
+    keep = np.ones((b, h, length, length), bool) if keep is None else np.asarray(keep)
+    s = np.where(mask, np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d),
+                 np.finfo(np.float32).min)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    dropped = np.where(keep, p / keep_prob, 0.0)
+    out = np.einsum("bhqk,bkhd->bqhd", dropped, v)
+    dp = np.where(keep, np.einsum("bqhd,bkhd->bhqk", g, v) / keep_prob, 0.0)
+    ds = np.where(mask, p * (dp - (dp * p).sum(-1, keepdims=True)), 0.0)
+    dq = np.einsum("bhqk,bkhd->bqhd", ds, k) / np.sqrt(d)
+    dk = np.einsum("bhqk,bqhd->bkhd", ds, q) / np.sqrt(d)
+    dv = np.einsum("bhqk,bqhd->bkhd", dropped, g)
+    return out, (dq, dk, dv)
+
+
+@pytest.mark.parametrize("case", ["padding", "causal", "per_head", "dropout",
+                                  "padding_dropout"])
+def test_masks_and_dropout_match_float64_reference(case):
+    """BERT's padding mask (padded queries see no key: uniform rows, as Flax), GPT's causal
+    mask, a per-(batch, head) mask, and a dropout keep mask: values and gradients."""
+    b, length, h = 3, 21, 2
+    q, k, v, g = _operands((b, length, h, 32), seed=7)
+    rng = np.random.default_rng(8)
+    valid = np.arange(length)[None] < np.array([[21], [9], [1]])
+    masks = {"padding": (valid[:, None, :, None] & valid[:, None, None, :]),
+             "causal": np.tril(np.ones((length, length), bool))[None, None],
+             "per_head": rng.random((b, h, length, length)) > 0.5}
+    mask = masks.get(case.removesuffix("_dropout"))
+    keep = rng.random((b, h, length, length)) > 0.3 if "dropout" in case else None
+    kw = dict(mask=None if mask is None else jnp.asarray(mask),
+              keep=None if keep is None else jnp.asarray(keep), keep_prob=0.7)
+    out, grads = jax.jit(lambda q, k, v: (attention(q, k, v, **kw), jax.grad(
+        lambda q, k, v: jnp.vdot(attention(q, k, v, **kw), g), (0, 1, 2))(q, k, v)))(q, k, v)
+    ref_out, ref_grads = _masked_reference(q, k, v, g, True if mask is None else mask, keep,
+                                           0.7 if keep is not None else 1.0)
+    np.testing.assert_allclose(np.asarray(out), ref_out, rtol=1e-5, atol=5e-6)
+    for name, a, r in zip("qkv", grads, ref_grads, strict=True):
+        np.testing.assert_allclose(np.asarray(a), r, rtol=1e-4,
+                                   atol=max(2e-5 * np.abs(r).max(), 1e-6), err_msg=f"d{name}")
+
+
 def test_drop_in_uses_the_kernel_only_where_it_applies():
-    """Flax's signature; the custom call appears for plain float32 self-attention and not
-    for a mask, a bias, dropout, bfloat16, an unsupported head dim or cross-attention, whose
-    results stay Flax's."""
+    """Flax's signature; the custom call appears for float32 self-attention with or without a
+    mask or attention dropout (Flax's keep mask, same key), and not for a bias, bfloat16, an
+    unsupported head dim, cross-attention or a mask it cannot broadcast, whose results stay
+    Flax's (to float32 rounding: the head-major fallback)."""
     q, k, v, _ = _operands((2, 6, 2, 16), seed=1)
 
     def targets(fn, *args, **kw):
         return str(jax.make_jaxpr(lambda *a: fn(*a, **kw))(*args)).count("jssl_attention")
 
-    assert targets(dot_product_attention, q, k, v, deterministic=True) == 1
-    np.testing.assert_allclose(np.asarray(dot_product_attention(q, k, v)),
-                               np.asarray(nn.dot_product_attention(q, k, v)),
-                               rtol=1e-5, atol=1e-6)
     mask = jnp.tril(jnp.ones((6, 6), bool))[None, None]
-    bias = jnp.ones((2, 2, 6, 6))
+    dropout = dict(dropout_rate=0.5, deterministic=False, dropout_rng=jax.random.key(0))
     q8 = q[..., :8]
-    cases = {"mask": ((q, k, v), dict(mask=mask)), "bias": ((q, k, v), dict(bias=bias)),
-             "dropout": ((q, k, v), dict(dropout_rate=0.5, deterministic=False,
-                                         dropout_rng=jax.random.key(0))),
-             "bf16": (tuple(a.astype(jnp.bfloat16) for a in (q, k, v)), {}),
-             "head_dim_8": ((q8, k[..., :8], v[..., :8]), {}),
-             "cross": ((q, k[:, :4], v[:, :4]), {})}
-    for name, (args, kw) in cases.items():
-        assert targets(dot_product_attention, *args, **kw) == 0, name
-        np.testing.assert_allclose(  # the head-major fallback: Flax's to float32 rounding
-            np.asarray(dot_product_attention(*args, **kw), np.float32),
-            np.asarray(nn.dot_product_attention(*args, **kw), np.float32), rtol=1e-5,
-            atol=1e-6, err_msg=name)
+    native_cases = {"plain": ((q, k, v), {}), "mask": ((q, k, v), dict(mask=mask)),
+                    "dropout": ((q, k, v), dropout),
+                    "dropout_per_head": ((q, k, v), dict(dropout, broadcast_dropout=False))}
+    fallback_cases = {"bias": ((q, k, v), dict(bias=jnp.ones((2, 2, 6, 6)))),
+                      "bf16": (tuple(a.astype(jnp.bfloat16) for a in (q, k, v)), {}),
+                      "head_dim_8": ((q8, k[..., :8], v[..., :8]), {}),
+                      "cross": ((q, k[:, :4], v[:, :4]), {}),
+                      "mask_3d": ((q, k, v), dict(mask=mask[0]))}
+    for calls, cases in ((1, native_cases), (0, fallback_cases)):
+        for name, (args, kw) in cases.items():
+            assert targets(dot_product_attention, *args, **kw) == calls, name
+            np.testing.assert_allclose(
+                np.asarray(dot_product_attention(*args, **kw), np.float32),
+                np.asarray(nn.dot_product_attention(*args, **kw), np.float32), rtol=1e-5,
+                atol=1e-6, err_msg=name)
     with pytest.raises(ValueError, match="head_major_attention"):
         attention(q8, k[..., :8], v[..., :8])
+    with pytest.raises(ValueError, match="keep of shape"):
+        attention(q, k, v, keep=jnp.ones((2, 2, 6, 5), bool))
+
+
+def _same_with_and_without(monkeypatch, loss, params, calls: int) -> None:
+    """``loss(params)`` and every gradient with the kernel (``calls`` custom calls traced)
+    equal those with XLA's attention (none traced)."""
+    results = []
+    for on, expected in ((True, calls), (False, 0)):
+        monkeypatch.setattr(native_attention, "ENABLED", on)
+        fn = jax.jit(jax.value_and_grad(loss))
+        assert str(jax.make_jaxpr(fn)(params)).count("jssl_attention_forward") == expected
+        results.append(fn(params))
+    (loss_on, grads_on), (loss_off, grads_off) = results
+    np.testing.assert_allclose(float(loss_on), float(loss_off), rtol=1e-5)
+    for a, r in zip(jax.tree.leaves(grads_on), jax.tree.leaves(grads_off), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-4,
+                                   atol=1e-5 * max(1.0, float(np.abs(r).max())))
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt"])
+def test_text_block_with_the_kernel_equals_xla(monkeypatch, kind):
+    """A training-mode transformer block (BERT: post-norm, padding mask, attention dropout
+    0.1; GPT: pre-norm, causal mask): output and every parameter gradient the same with the
+    kernel and with XLA's attention: the same function and the same dropout bits."""
+    from jssl.models.transformer import BlockConfig, TransformerBlock, make_causal_mask
+
+    b, length = 3, 19
+    cfg = BlockConfig(dim=64, num_heads=2, mlp_dim=128, pre_norm=kind == "gpt",
+                      attention_dropout_rate=0.1 if kind == "bert" else 0.0)
+    x = jnp.asarray(np.random.default_rng(9).normal(size=(b, length, 64)), jnp.float32)
+    valid = jnp.arange(length)[None] < jnp.array([[19], [11], [4]])
+    mask = (valid[:, None, :, None] & valid[:, None, None, :] if kind == "bert"
+            else make_causal_mask(length))
+    block = TransformerBlock(cfg)
+    params = block.init(jax.random.key(0), x, mask=mask)["params"]
+
+    def loss(p):
+        y = block.apply({"params": p}, x, mask=mask, deterministic=False,
+                        rngs={"dropout": jax.random.key(5)})
+        return jnp.sum(jnp.sin(y) * valid[..., None])
+
+    _same_with_and_without(monkeypatch, loss, params, calls=1)
 
 
 def test_vit_with_the_kernel_equals_head_major(monkeypatch):
@@ -114,21 +205,8 @@ def test_vit_with_the_kernel_equals_head_major(monkeypatch):
     model = vit_lib.ViT(patch_size=4, dim=64, depth=2, num_heads=2)  # head dim 32
     variables = model.init(jax.random.key(0), x)
 
-    def run():
-        fn = jax.jit(jax.value_and_grad(lambda p: jnp.sum(jnp.sin(
-            model.apply({"params": p}, x)))))
-        text = str(jax.make_jaxpr(fn)(variables["params"]))
-        return fn(variables["params"]), text.count("jssl_attention_forward")
-
-    (loss_on, grads_on), calls = run()
-    assert calls == 2  # one per block
-    monkeypatch.setattr(native_attention, "ENABLED", False)
-    (loss_off, grads_off), calls = run()
-    assert calls == 0
-    np.testing.assert_allclose(float(loss_on), float(loss_off), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(grads_on), jax.tree.leaves(grads_off), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
-                                   atol=1e-5 * max(1.0, float(np.abs(b).max())))
+    _same_with_and_without(monkeypatch, lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, x))),
+                           variables["params"], calls=2)  # one per block
     monkeypatch.setattr(native_attention, "ENABLED", None)
     assert jax.device_count() == 8 and not native_attention.enabled()
 
@@ -188,20 +266,9 @@ def test_mae_loss_and_gradients_with_the_kernel_equal_xla(monkeypatch):
     rngs = {"params": jax.random.key(0), "masking": jax.random.key(1)}
     params = model.init(rngs, images)["params"]
 
-    def run():
-        def loss(p):
-            out = model.apply({"params": p}, images, rngs={"masking": jax.random.key(2)})
-            per_patch = jnp.mean((out.pred - out.target) ** 2, axis=-1)
-            return jnp.sum(per_patch * out.mask) / jnp.sum(out.mask)
-        fn = jax.jit(jax.value_and_grad(loss))
-        return fn(params), str(jax.make_jaxpr(fn)(params)).count("jssl_attention_forward")
+    def loss(p):
+        out = model.apply({"params": p}, images, rngs={"masking": jax.random.key(2)})
+        per_patch = jnp.mean((out.pred - out.target) ** 2, axis=-1)
+        return jnp.sum(per_patch * out.mask) / jnp.sum(out.mask)
 
-    (loss_on, grads_on), calls = run()
-    assert calls == 3  # two encoder blocks, one decoder block
-    monkeypatch.setattr(native_attention, "ENABLED", False)
-    (loss_off, grads_off), calls = run()
-    assert calls == 0
-    np.testing.assert_allclose(float(loss_on), float(loss_off), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(grads_on), jax.tree.leaves(grads_off), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
-                                   atol=1e-5 * max(1.0, float(np.abs(b).max())))
+    _same_with_and_without(monkeypatch, loss, params, calls=3)  # 2 encoder + 1 decoder blocks

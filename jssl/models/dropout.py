@@ -88,15 +88,24 @@ class Dropout(nn.Dropout):
     @nn.compact
     def __call__(self, inputs: jax.Array, deterministic: bool | None = None,
                  rng: jax.Array | None = None) -> jax.Array:
-        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-        if self.rate == 0.0 or deterministic:
+        keep = self.keep(inputs.shape, deterministic, rng)
+        if keep is None:
             return inputs
         if self.rate == 1.0:  # no division by zero in the gradient
             return jnp.zeros_like(inputs)
-        keep_prob = 1.0 - self.rate
+        return lax.select(keep, inputs / (1.0 - self.rate), jnp.zeros_like(inputs))
+
+    def keep(self, shape: Sequence[int], deterministic: bool | None = None,
+             rng: jax.Array | None = None) -> jax.Array | None:
+        """The boolean keep mask, broadcast to ``shape``, that ``__call__`` draws for inputs
+        of that shape (the same RNG key, so the same bits); None when nothing is dropped (rate
+        0 or deterministic). For kernels that apply the dropout themselves
+        (``jssl.models.native_attention``)."""
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        if self.rate == 0.0 or deterministic:
+            return None
         if rng is None:
             rng = self.make_rng(self.rng_collection)
-        dims = {d % inputs.ndim for d in self.broadcast_dims}
-        shape = [1 if d in dims else n for d, n in enumerate(inputs.shape)]
-        mask = jnp.broadcast_to(keep_mask(rng, keep_prob, shape), inputs.shape)
-        return lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
+        dims = {d % len(shape) for d in self.broadcast_dims}
+        drawn = [1 if d in dims else n for d, n in enumerate(shape)]
+        return jnp.broadcast_to(keep_mask(rng, 1.0 - self.rate, drawn), tuple(shape))

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jssl.models import native_attention
 from jssl.models.activations import gelu
 from jssl.models.dense import dense_dot_general
 from jssl.models.dropout import Dropout
@@ -127,7 +128,9 @@ class MultiHeadAttention(nn.Module):
     """Scaled dot-product multi-head attention; self-attention when `context` is None.
 
     logits = q·kᵀ (/ sqrt(head_dim) if `scale_logits`) + bias, masked to -inf-like where
-    `mask` is False, softmax in float32, dropout on the probabilities.
+    `mask` is False, softmax in float32, dropout on the probabilities. On a one-device CPU,
+    float32 self-attention without a bias runs as one fused kernel with the same function and
+    dropout mask (`jssl.models.native_attention`).
     """
 
     cfg: BlockConfig
@@ -136,6 +139,7 @@ class MultiHeadAttention(nn.Module):
     def __call__(self, x: Array, context: Array | None = None, mask: Array | None = None,
                  bias: Array | None = None, deterministic: bool = True) -> Array:
         cfg = self.cfg
+        self_attention = context is None
         context = x if context is None else context
         dh = cfg.heads_dim
         q_init = cfg.kernel_init()
@@ -149,14 +153,21 @@ class MultiHeadAttention(nn.Module):
         v = proj("value", cfg.kernel_init())(context)
         if cfg.scale_logits:
             q = q / jnp.sqrt(dh).astype(q.dtype)
-        logits = attention_logits(q, k, preferred_element_type=jnp.float32)
-        if bias is not None:
-            logits = logits + bias.astype(jnp.float32)
-        if mask is not None:
-            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(logits, axis=-1)
-        probs = Dropout(cfg.attention_dropout_rate)(probs, deterministic=deterministic)
-        out = attend(probs.astype(cfg.dtype), v)
+        if (self_attention and bias is None and native_attention.supports(q, k, v, mask)
+                and native_attention.enabled()):  # the same function, one fused CPU kernel
+            shape = (q.shape[0], cfg.num_heads, q.shape[1], q.shape[1])
+            keep = Dropout(cfg.attention_dropout_rate).keep(shape, deterministic)
+            out = native_attention.attention(q, k, v, mask=mask, keep=keep, scale=False,
+                                             keep_prob=1.0 - cfg.attention_dropout_rate)
+        else:
+            logits = attention_logits(q, k, preferred_element_type=jnp.float32)
+            if bias is not None:
+                logits = logits + bias.astype(jnp.float32)
+            if mask is not None:
+                logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(logits, axis=-1)
+            probs = Dropout(cfg.attention_dropout_rate)(probs, deterministic=deterministic)
+            out = attend(probs.astype(cfg.dtype), v)
         return nn.DenseGeneral(cfg.dim, axis=(-2, -1), use_bias=cfg.use_bias, dtype=cfg.dtype,
                                kernel_init=cfg.kernel_init(out=True),
                                dot_general=dense_dot_general, name="out")(out)

@@ -1,12 +1,15 @@
 // Fused softmax attention for XLA:CPU, called through jax.ffi (jssl/models/native_attention.py).
 //
-// Per (batch b, head h), on [B, L, H, D] float32 operands (q already divided by sqrt(D)):
-//   forward:   S = q·kᵀ,  P = softmax(S) row-wise,  O = P·v,  lse_i = m_i + log Σ_j exp(S_ij − m_i)
-//   backward:  P = exp(S − lse) (recomputed),  δ_i = Σ_d dO_id·O_id,  dP = dO·vᵀ,
-//              dS = P ⊙ (dP − δ),  dq = dS·k,  dk = dSᵀ·q,  dv = Pᵀ·dO
+// Per (batch b, head h), on [B, L, H, D] float32 operands (q already scaled as the caller
+// wants), with an optional attention mask M (hidden scores set to finfo(float32).min, as Flax
+// does) and an optional dropout keep mask K with keep probability κ:
+//   forward:   S = where(M, q·kᵀ, min),  m = rowmax(S),  ι = 1 / rowsum(exp(S − m)),
+//              P = exp(S − m)·ι,  P̃ = where(K, P / κ, 0),  O = P̃·v
+//   backward:  P recomputed from (m, ι),  dP = where(K, (dO·vᵀ) / κ, 0),  δ = rowsum(dO ⊙ O),
+//              dS = where(M, P ⊙ (dP − δ), 0),  dq = dS·k,  dk = dSᵀ·q,  dv = P̃ᵀ·dO
 // A few query rows at a time: the [L, L] scores never exist beyond R rows of L floats. The
-// (b, h) pairs are spread over XLA's intra-op thread pool. D is a multiple of 16 (16 floats
-// = one vector); no mask, bias or dropout: the Python side uses XLA's attention for those.
+// (b, h) pairs are spread over XLA's intra-op thread pool. D is 16, 32, 64 or 128 (16 floats
+// = one vector); an additive bias is left to XLA's attention on the Python side.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -108,6 +111,24 @@ struct Shape {
   int64_t base(int64_t bh) const { return (bh / H) * L * H * D + (bh % H) * D; }
 };
 
+// The optional attention mask (uint8 [Bm, Hm, L, L], Bm in {1, B}, Hm in {1, H}; 0 = the key
+// is hidden) and dropout keep mask (uint8 [B, H, L, L]; 0 = dropped) of one (b, h).
+struct Masks {
+  const uint8_t* mask = nullptr;  // row i at mask + i * L
+  const uint8_t* keep = nullptr;
+  float keep_prob = 1.0f;
+};
+
+constexpr float kHidden = -3.40282347e38f;  // finfo(float32).min, the value Flax masks with
+
+// 16 mask bytes from p as int32 lanes (n valid bytes; lanes past n are 0).
+inline i16 MaskLanes(const uint8_t* p, int64_t n) {
+  using u8x16 = uint8_t __attribute__((vector_size(16)));
+  u8x16 b = {};
+  std::memcpy(&b, p, static_cast<size_t>(std::min<int64_t>(n, 16)));
+  return __builtin_convertvector(b, i16);
+}
+
 // x [L, D] (row stride rs) -> xt [D, Lp], zero past column L
 void Transpose(const float* x, const Shape& sh, float* xt) {
   std::fill(xt, xt + sh.D * sh.Lp, 0.0f);
@@ -128,15 +149,21 @@ inline void RowsTimesT(const float* const* a, const float* bt, int64_t Lp, float
   }
 }
 
+// Rows i0..i0+R of the forward: s holds R rows of scores, then of (dropped) probabilities.
 template <int V, int R>
 void ForwardRows(const Shape& sh, int64_t i0, const float* q, const float* kt, const float* vc,
-                 float* o, float* lse, float* s) {
+                 const Masks& mk, float* o, float* row_max, float* row_inv, float* s) {
   const int64_t L = sh.L, Lp = sh.Lp, rs = sh.row();
   const float* qr[R];
   for (int r = 0; r < R; ++r) qr[r] = q + (i0 + r) * rs;
   RowsTimesT<V, R>(qr, kt, Lp, s);
   for (int r = 0; r < R; ++r) {
     float* sr = s + r * Lp;
+    if (mk.mask)
+      for (int64_t jb = 0; jb < Lp; jb += 16) {
+        const i16 m = MaskLanes(mk.mask + (i0 + r) * L + jb, L - jb);
+        store(sr + jb, m != 0 ? load(sr + jb) : splat(kHidden));
+      }
     for (int64_t j = L; j < Lp; ++j) sr[j] = -INFINITY;
     v16 m = load(sr);
     for (int64_t jb = 16; jb < Lp; jb += 16) {
@@ -150,9 +177,17 @@ void ForwardRows(const Shape& sh, int64_t i0, const float* q, const float* kt, c
       store(sr + jb, e);
       total += e;
     }
-    const float tr = hsum(total), inv = 1.0f / tr;
-    for (int64_t jb = 0; jb < Lp; jb += 16) store(sr + jb, load(sr + jb) * inv);
-    lse[i0 + r] = mr + std::log(tr);
+    const float inv = 1.0f / hsum(total);
+    for (int64_t jb = 0; jb < Lp; jb += 16) {
+      v16 p = load(sr + jb) * inv;
+      if (mk.keep) {
+        const i16 k = MaskLanes(mk.keep + (i0 + r) * L + jb, L - jb);
+        p = k != 0 ? p / mk.keep_prob : splat(0.0f);
+      }
+      store(sr + jb, p);
+    }
+    row_max[i0 + r] = mr;
+    row_inv[i0 + r] = inv;
   }
   v16 acc[R][V] = {};
   for (int64_t j = 0; j < L; ++j) {
@@ -169,7 +204,7 @@ void ForwardRows(const Shape& sh, int64_t i0, const float* q, const float* kt, c
 
 template <int V, int R>
 void ForwardPair(const Shape& sh, int64_t bh, const float* q, const float* k, const float* v,
-                 float* o, float* lse, std::vector<float>& buf) {
+                 const Masks& mk, float* o, float* stats, std::vector<float>& buf) {
   const int64_t L = sh.L, D = sh.D, Lp = sh.Lp, off = sh.base(bh);
   buf.resize(D * Lp + L * D + R * Lp);
   float* kt = buf.data();
@@ -177,16 +212,20 @@ void ForwardPair(const Shape& sh, int64_t bh, const float* q, const float* k, co
   float* s = vc + L * D;
   Transpose(k + off, sh, kt);
   for (int64_t j = 0; j < L; ++j) std::memcpy(vc + j * D, v + off + j * sh.row(), D * 4);
-  float* lse_bh = lse + bh * L;
+  float* row_max = stats + bh * 2 * L;
+  float* row_inv = row_max + L;
   int64_t i = 0;
-  for (; i + R <= L; i += R) ForwardRows<V, R>(sh, i, q + off, kt, vc, o + off, lse_bh, s);
-  for (; i < L; ++i) ForwardRows<V, 1>(sh, i, q + off, kt, vc, o + off, lse_bh, s);
+  for (; i + R <= L; i += R)
+    ForwardRows<V, R>(sh, i, q + off, kt, vc, mk, o + off, row_max, row_inv, s);
+  for (; i < L; ++i) ForwardRows<V, 1>(sh, i, q + off, kt, vc, mk, o + off, row_max, row_inv, s);
 }
 
+// Rows i0..i0+R of the backward: p gets the dropped probabilities P̃, ds the score gradients.
 template <int V, int R>
 void BackwardRows(const Shape& sh, int64_t i0, const float* q, const float* o, const float* g,
-                  const float* lse, const float* kt, const float* vt, const float* kc,
-                  float* dq, float* dkc, float* dvc, float* p, float* ds) {
+                  const float* row_max, const float* row_inv, const float* kt, const float* vt,
+                  const float* kc, const Masks& mk, float* dq, float* dkc, float* dvc, float* p,
+                  float* ds) {
   const int64_t L = sh.L, Lp = sh.Lp, rs = sh.row();
   const float *qr[R], *gr[R];
   for (int r = 0; r < R; ++r) {
@@ -194,16 +233,24 @@ void BackwardRows(const Shape& sh, int64_t i0, const float* q, const float* o, c
     gr[r] = g + (i0 + r) * rs;
   }
   RowsTimesT<V, R>(qr, kt, Lp, p);   // S
-  RowsTimesT<V, R>(gr, vt, Lp, ds);  // dP
+  RowsTimesT<V, R>(gr, vt, Lp, ds);  // dP̃ = dO·vᵀ
   for (int r = 0; r < R; ++r) {
     v16 dot = {};
     for (int c = 0; c < V; ++c) dot += load(gr[r] + 16 * c) * load(o + (i0 + r) * rs + 16 * c);
-    const float delta = hsum(dot), l = lse[i0 + r];
+    const float delta = hsum(dot), mr = row_max[i0 + r], inv = row_inv[i0 + r];
     float *pr = p + r * Lp, *dr = ds + r * Lp;
     for (int64_t jb = 0; jb < Lp; jb += 16) {
-      const v16 e = vexp(load(pr + jb) - l);
-      store(pr + jb, e);
-      store(dr + jb, e * (load(dr + jb) - delta));
+      const i16 m = mk.mask ? MaskLanes(mk.mask + (i0 + r) * L + jb, L - jb) : i16{} + 1;
+      const v16 prob = vexp((m != 0 ? load(pr + jb) : splat(kHidden)) - mr) * inv;
+      v16 dprob = load(dr + jb), dropped = prob;
+      if (mk.keep) {
+        const i16 k = MaskLanes(mk.keep + (i0 + r) * L + jb, L - jb);
+        dprob = k != 0 ? dprob / mk.keep_prob : splat(0.0f);
+        dropped = k != 0 ? prob / mk.keep_prob : splat(0.0f);
+      }
+      const v16 dscore = prob * (dprob - delta);
+      store(pr + jb, dropped);
+      store(dr + jb, m != 0 ? dscore : splat(0.0f));  // hidden scores are constants
     }
   }
   // dq = dS·k and dk += dSᵀ·q
@@ -227,7 +274,7 @@ void BackwardRows(const Shape& sh, int64_t i0, const float* q, const float* o, c
   }
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < V; ++c) store(dq + (i0 + r) * rs + 16 * c, a[r][c]);
-  // dv += Pᵀ·dO
+  // dv += P̃ᵀ·dO
   v16 gv[R][V];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < V; ++c) gv[r][c] = load(gr[r] + 16 * c);
@@ -244,8 +291,8 @@ void BackwardRows(const Shape& sh, int64_t i0, const float* q, const float* o, c
 
 template <int V, int R>
 void BackwardPair(const Shape& sh, int64_t bh, const float* q, const float* k, const float* v,
-                  const float* o, const float* lse, const float* g, float* dq, float* dk,
-                  float* dv, std::vector<float>& buf) {
+                  const float* o, const float* stats, const float* g, const Masks& mk,
+                  float* dq, float* dk, float* dv, std::vector<float>& buf) {
   const int64_t L = sh.L, D = sh.D, Lp = sh.Lp, rs = sh.row(), off = sh.base(bh);
   buf.resize(2 * D * Lp + 3 * L * D + 2 * R * Lp);
   float* kt = buf.data();
@@ -259,14 +306,15 @@ void BackwardPair(const Shape& sh, int64_t bh, const float* q, const float* k, c
   Transpose(v + off, sh, vt);
   for (int64_t j = 0; j < L; ++j) std::memcpy(kc + j * D, k + off + j * rs, D * 4);
   std::fill(dkc, dkc + 2 * L * D, 0.0f);
-  const float* lse_bh = lse + bh * L;
+  const float* row_max = stats + bh * 2 * L;
+  const float* row_inv = row_max + L;
   int64_t i = 0;
   for (; i + R <= L; i += R)
-    BackwardRows<V, R>(sh, i, q + off, o + off, g + off, lse_bh, kt, vt, kc, dq + off, dkc,
-                       dvc, p, ds);
+    BackwardRows<V, R>(sh, i, q + off, o + off, g + off, row_max, row_inv, kt, vt, kc, mk,
+                       dq + off, dkc, dvc, p, ds);
   for (; i < L; ++i)
-    BackwardRows<V, 1>(sh, i, q + off, o + off, g + off, lse_bh, kt, vt, kc, dq + off, dkc,
-                       dvc, p, ds);
+    BackwardRows<V, 1>(sh, i, q + off, o + off, g + off, row_max, row_inv, kt, vt, kc, mk,
+                       dq + off, dkc, dvc, p, ds);
   for (int64_t j = 0; j < L; ++j) {
     std::memcpy(dk + off + j * rs, dkc + j * D, D * 4);
     std::memcpy(dv + off + j * rs, dvc + j * D, D * 4);
@@ -308,35 +356,56 @@ ffi::Error ForHeadDim(int64_t D, F run) {
   return ffi::Error::Success();
 }
 
-// q, k, v [B, L, H, D] -> o [B, L, H, D], lse [B, H, L]
+// The masks of pair bh from the uint8 buffers (nullptr when absent).
+Masks MasksOf(const Shape& sh, int64_t bh, ffi::Buffer<ffi::U8>& mask, ffi::Buffer<ffi::U8>& keep,
+              int32_t has_mask, int32_t has_keep, float keep_prob) {
+  Masks mk;
+  const int64_t b = bh / sh.H, h = bh % sh.H, LL = sh.L * sh.L;
+  if (has_mask) {
+    auto d = mask.dimensions();
+    mk.mask = mask.typed_data() + ((d[0] == 1 ? 0 : b) * d[1] + (d[1] == 1 ? 0 : h)) * LL;
+  }
+  if (has_keep) {
+    mk.keep = keep.typed_data() + bh * LL;
+    mk.keep_prob = keep_prob;
+  }
+  return mk;
+}
+
+// q, k, v [B, L, H, D], mask, keep -> o [B, L, H, D], stats [B, H, 2, L] (row max, 1 / row sum)
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
-                   ffi::Buffer<ffi::F32> v, ffi::ResultBuffer<ffi::F32> o,
-                   ffi::ResultBuffer<ffi::F32> lse) {
+                   ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::U8> mask, ffi::Buffer<ffi::U8> keep,
+                   ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> stats,
+                   int32_t has_mask, int32_t has_keep, float keep_prob) {
   const Shape sh = ShapeOf(q);
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
-  float *op = o->typed_data(), *lp = lse->typed_data();
+  float *op = o->typed_data(), *sp = stats->typed_data();
   return ForHeadDim(sh.D, [&](auto vtag) {
     constexpr int V = decltype(vtag)::value;
-    ForPairs(pool, sh.B * sh.H, [=](int64_t bh, std::vector<float>& buf) {
-      ForwardPair<V, Rows<V>()>(sh, bh, qp, kp, vp, op, lp, buf);
+    ForPairs(pool, sh.B * sh.H, [=, &mask, &keep](int64_t bh, std::vector<float>& buf) {
+      const Masks mk = MasksOf(sh, bh, mask, keep, has_mask, has_keep, keep_prob);
+      ForwardPair<V, Rows<V>()>(sh, bh, qp, kp, vp, mk, op, sp, buf);
     });
   });
 }
 
-// q, k, v, o, lse, dO -> dq, dk, dv (q as the forward saw it: already divided by sqrt(D))
+// q, k, v, o, stats, dO (q as the forward saw it) -> dq, dk, dv
 ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
-                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::F32> o,
-                    ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
+                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::U8> mask,
+                    ffi::Buffer<ffi::U8> keep, ffi::Buffer<ffi::F32> o,
+                    ffi::Buffer<ffi::F32> stats, ffi::Buffer<ffi::F32> dout,
                     ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
-                    ffi::ResultBuffer<ffi::F32> dv) {
+                    ffi::ResultBuffer<ffi::F32> dv, int32_t has_mask, int32_t has_keep,
+                    float keep_prob) {
   const Shape sh = ShapeOf(q);
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
-  const float *opp = o.typed_data(), *lp = lse.typed_data(), *gp = dout.typed_data();
+  const float *opp = o.typed_data(), *sp = stats.typed_data(), *gp = dout.typed_data();
   float *dqp = dq->typed_data(), *dkp = dk->typed_data(), *dvp = dv->typed_data();
   return ForHeadDim(sh.D, [&](auto vtag) {
     constexpr int V = decltype(vtag)::value;
-    ForPairs(pool, sh.B * sh.H, [=](int64_t bh, std::vector<float>& buf) {
-      BackwardPair<V, Rows<V>()>(sh, bh, qp, kp, vp, opp, lp, gp, dqp, dkp, dvp, buf);
+    ForPairs(pool, sh.B * sh.H, [=, &mask, &keep](int64_t bh, std::vector<float>& buf) {
+      const Masks mk = MasksOf(sh, bh, mask, keep, has_mask, has_keep, keep_prob);
+      BackwardPair<V, Rows<V>()>(sh, bh, qp, kp, vp, opp, sp, gp, mk, dqp, dkp, dvp, buf);
     });
   });
 }
@@ -346,21 +415,31 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JsslAttentionForward, Forward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // q
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // k
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // v
+                                  .Arg<ffi::Buffer<ffi::U8>>()   // mask
+                                  .Arg<ffi::Buffer<ffi::U8>>()   // keep
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // o
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // stats
+                                  .Attr<int32_t>("has_mask")
+                                  .Attr<int32_t>("has_keep")
+                                  .Attr<float>("keep_prob"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JsslAttentionBackward, Backward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // q
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // k
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // v
+                                  .Arg<ffi::Buffer<ffi::U8>>()   // mask
+                                  .Arg<ffi::Buffer<ffi::U8>>()   // keep
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // o
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // stats
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dO
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dq
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dk
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dv
+                                  .Attr<int32_t>("has_mask")
+                                  .Attr<int32_t>("has_keep")
+                                  .Attr<float>("keep_prob"));
