@@ -2,6 +2,13 @@
 gradients against a float64 NumPy reference and Flax, the fallbacks, the switch, the build."""
 from __future__ import annotations
 
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -272,3 +279,46 @@ def test_mae_loss_and_gradients_with_the_kernel_equal_xla(monkeypatch):
         return jnp.sum(per_patch * out.mask) / jnp.sum(out.mask)
 
     _same_with_and_without(monkeypatch, loss, params, calls=3)  # 2 encoder + 1 decoder blocks
+
+
+_PORTABLE_CHECK = """
+import jax, jax.numpy as jnp, numpy as np
+from jssl import native
+from jssl.models.native_attention import attention
+rng = np.random.default_rng(0)
+q, k, v, g = (jnp.asarray(rng.standard_normal((2, 21, 2, 32)), jnp.float32) for _ in range(4))
+mask = jnp.asarray(np.tril(np.ones((21, 21), bool))[None, None])
+keep = jnp.asarray(rng.random((2, 2, 21, 21)) > 0.3)
+out, grads = jax.value_and_grad(lambda q, k, v: jnp.vdot(attention(
+    q, k, v, mask=mask, keep=keep, keep_prob=0.7), g), (0, 1, 2))(q, k, v)
+lib = native.load("attention")
+np.savez(OUT, out=float(out), dq=grads[0], dk=grads[1], dv=grads[2], lib=lib._name)
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64-v3 is an x86 target")
+def test_a_portable_build_computes_the_same(tmp_path):
+    """``JSSL_NATIVE_MARCH=x86-64-v3`` builds the kernel for AVX2 (8-float vectors, no zmm
+    register in the library): with a causal mask and dropout its value and gradients match
+    the float64 reference, as the native build's do."""
+    out = tmp_path / "portable.npz"
+    env = {**os.environ, "JSSL_NATIVE_MARCH": "x86-64-v3", "JSSL_NATIVE_CACHE": str(tmp_path),
+           "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    subprocess.run([sys.executable, "-c", f"OUT = {str(out)!r}\n" + _PORTABLE_CHECK],
+                   env=env, check=True, timeout=300)
+    got = np.load(out)
+    assert Path(got["lib"].item()).parent == tmp_path  # built there, not read from a cache
+    if shutil.which("objdump"):
+        code = subprocess.run(["objdump", "-d", got["lib"].item()], capture_output=True,
+                              text=True, check=True).stdout
+        assert "ymm" in code and "zmm" not in code
+    rng = np.random.default_rng(0)
+    q, k, v, g = (rng.standard_normal((2, 21, 2, 32)).astype(np.float32) for _ in range(4))
+    keep = rng.random((2, 2, 21, 21)) > 0.3
+    ref_out, ref_grads = _masked_reference(q, k, v, g, np.tril(np.ones((21, 21), bool)), keep,
+                                           0.7)
+    np.testing.assert_allclose(float(got["out"]), np.vdot(ref_out, g.astype(np.float64)),
+                               rtol=1e-5, atol=1e-4)
+    for name, r in zip(("dq", "dk", "dv"), ref_grads, strict=True):
+        np.testing.assert_allclose(got[name], r, rtol=1e-4, atol=2e-5 * np.abs(r).max(),
+                                   err_msg=name)

@@ -1,12 +1,13 @@
 """Native CPU kernels for XLA:CPU, built on first use and called through ``jax.ffi``.
 
 The C++ sources beside this file are compiled with the system C++ compiler (``$CXX``, else
-``g++``/``c++``) against the XLA FFI headers that jaxlib ships (``jax.ffi.include_dir()``),
-once per source, compiler, jaxlib version and CPU, into ``$JSSL_NATIVE_CACHE`` (default
-``~/.cache/jssl/native``). The build writes a temporary file and renames it into place, so
-concurrent processes never load a half-written library. Without a compiler, or when the build
-fails, :func:`load` returns None after one warning and the callers use XLA's own kernels:
-the native code is a faster path, never a requirement.
+``g++``/``c++``, ``-O3 -march=native``; :func:`march`) against the XLA FFI headers that
+jaxlib ships (``jax.ffi.include_dir()``), once per source, compiler, flags, jaxlib version and
+CPU, into ``$JSSL_NATIVE_CACHE`` (default ``~/.cache/jssl/native``). The build writes a
+temporary file and renames it into place, so concurrent processes never load a half-written
+library. Without a compiler, or when the build fails, :func:`load` returns None after one
+warning and the callers use XLA's own kernels: the native code is a faster path, never a
+requirement.
 """
 from __future__ import annotations
 
@@ -24,8 +25,14 @@ from pathlib import Path
 import jax
 
 SOURCES = Path(__file__).resolve().parent
-#: the compiler flags (``-march=native``: the cache key includes the CPU)
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+#: the compiler flags but ``-march`` (the cache key includes them and the CPU)
+FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w")
+
+
+def march() -> str:
+    """``-march=$JSSL_NATIVE_MARCH``, default ``native`` (this CPU's vector width: AVX-512,
+    AVX2, ...); e.g. ``x86-64-v3`` for a library that also runs on older x86 CPUs."""
+    return f"-march={os.environ.get('JSSL_NATIVE_MARCH', 'native')}"
 
 
 def compiler() -> str | None:
@@ -54,7 +61,8 @@ def _build(name: str, cxx: str) -> Path:
     source = SOURCES / f"{name}.cc"
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
                              check=True).stdout.splitlines()[0]
-    key = hashlib.sha256("\0".join([source.read_text(), version, " ".join(FLAGS),
+    flags = (*FLAGS, march())
+    key = hashlib.sha256("\0".join([source.read_text(), version, " ".join(flags),
                                     jax.__version__, _cpu()]).encode()).hexdigest()[:16]
     out = cache_dir() / f"lib{name}-{key}.so"
     if out.exists():
@@ -63,7 +71,7 @@ def _build(name: str, cxx: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", str(source), "-o", tmp]
+        cmd = [cxx, *flags, f"-I{jax.ffi.include_dir()}", str(source), "-o", tmp]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")

@@ -8,8 +8,9 @@
 //   backward:  P recomputed from (m, ι),  dP = where(K, (dO·vᵀ) / κ, 0),  δ = rowsum(dO ⊙ O),
 //              dS = where(M, P ⊙ (dP − δ), 0),  dq = dS·k,  dk = dSᵀ·q,  dv = P̃ᵀ·dO
 // A few query rows at a time: the [L, L] scores never exist beyond R rows of L floats. The
-// (b, h) pairs are spread over XLA's intra-op thread pool. D is 16, 32, 64 or 128 (16 floats
-// = one vector); an additive bias is left to XLA's attention on the Python side.
+// (b, h) pairs are spread over XLA's intra-op thread pool. D is 16, 32, 64 or 128 (a whole
+// number of W-float vectors, W = 16 with AVX-512, else 8); an additive bias is left to XLA's
+// attention on the Python side.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -27,33 +28,47 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-using v16 = float __attribute__((vector_size(64)));
-using i16 = int32_t __attribute__((vector_size(64)));
+// W floats per vector: 16 (one zmm register) with AVX-512, else 8 (one ymm with AVX2, two
+// NEON registers on ARM). GCC vector extensions: the same code for every target.
+#if defined(__AVX512F__)
+constexpr int W = 16;
+#else
+constexpr int W = 8;
+#endif
+using vf = float __attribute__((vector_size(4 * W)));
+using vi = int32_t __attribute__((vector_size(4 * W)));
 
-inline v16 load(const float* p) {
-  v16 v;
+inline vf load(const float* p) {
+  vf v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
-inline v16 splat(float x) { return v16{} + x; }
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline vf splat(float x) { return vf{} + x; }
 using v8 = float __attribute__((vector_size(32)));
 using v4 = float __attribute__((vector_size(16)));
 
-// Horizontal sum and max by halving (three vector steps, then four lanes).
-inline v4 Fold(v16 v, bool max) {
-  const v8 lo = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
-  const v8 hi = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const v8 a = max ? (lo > hi ? lo : hi) : lo + hi;
-  const v4 l4 = __builtin_shufflevector(a, a, 0, 1, 2, 3);
-  const v4 h4 = __builtin_shufflevector(a, a, 4, 5, 6, 7);
-  return max ? (l4 > h4 ? l4 : h4) : l4 + h4;
+// Four lanes of v folded by halving (+ or max).
+inline v4 Fold(vf v, bool max) {
+  if constexpr (W == 16) {
+    using v8 = float __attribute__((vector_size(32)));
+    const v8 lo = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+    const v8 hi = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    const v8 a = max ? (lo > hi ? lo : hi) : lo + hi;
+    const v4 l4 = __builtin_shufflevector(a, a, 0, 1, 2, 3);
+    const v4 h4 = __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    return max ? (l4 > h4 ? l4 : h4) : l4 + h4;
+  } else {
+    const v4 l4 = __builtin_shufflevector(v, v, 0, 1, 2, 3);
+    const v4 h4 = __builtin_shufflevector(v, v, 4, 5, 6, 7);
+    return max ? (l4 > h4 ? l4 : h4) : l4 + h4;
+  }
 }
-inline float hsum(v16 v) {
+inline float hsum(vf v) {
   const v4 b = Fold(v, false);
   return (b[0] + b[2]) + (b[1] + b[3]);
 }
-inline float hmax(v16 v) {
+inline float hmax(vf v) {
   const v4 b = Fold(v, true);
   return std::max(std::max(b[0], b[2]), std::max(b[1], b[3]));
 }
@@ -61,21 +76,21 @@ inline float hmax(v16 v) {
 // exp(x) for x <= 0 (up to rounding): Cephes' expf, x = n·ln2 + r with |r| <= ln2/2, exp(r)
 // by a degree-6 polynomial (relative error ~2e-7), 2^n through the exponent bits; x is
 // clamped at -87 (exp = 1.6e-38, below every softmax sum's rounding).
-inline v16 vexp(v16 x) {
+inline vf vexp(vf x) {
   x = x < -87.0f ? splat(-87.0f) : x;
-  const v16 t = x * 1.44269504088896341f - 0.5f;    // t <= -0.5 + tiny
-  const v16 n = __builtin_convertvector(__builtin_convertvector(t, i16), v16);  // ceil(t)
-  v16 r = x - n * 0.693359375f;
+  const vf t = x * 1.44269504088896341f - 0.5f;    // t <= -0.5 + tiny
+  const vf n = __builtin_convertvector(__builtin_convertvector(t, vi), vf);  // ceil(t)
+  vf r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
-  v16 p = splat(1.9875691500e-4f);
+  vf p = splat(1.9875691500e-4f);
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const i16 bits = (__builtin_convertvector(n, i16) + 127) << 23;
-  v16 scale;
+  const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return p * scale;
 }
@@ -106,7 +121,7 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, std::function<void(int64_t)> 
 }
 
 struct Shape {
-  int64_t B, L, H, D, Lp;  // Lp: L rounded up to 16
+  int64_t B, L, H, D, Lp;  // Lp: L rounded up to W
   int64_t row() const { return H * D; }  // stride between tokens of one (b, h)
   int64_t base(int64_t bh) const { return (bh / H) * L * H * D + (bh % H) * D; }
 };
@@ -121,12 +136,12 @@ struct Masks {
 
 constexpr float kHidden = -3.40282347e38f;  // finfo(float32).min, the value Flax masks with
 
-// 16 mask bytes from p as int32 lanes (n valid bytes; lanes past n are 0).
-inline i16 MaskLanes(const uint8_t* p, int64_t n) {
-  using u8x16 = uint8_t __attribute__((vector_size(16)));
-  u8x16 b = {};
-  std::memcpy(&b, p, static_cast<size_t>(std::min<int64_t>(n, 16)));
-  return __builtin_convertvector(b, i16);
+// W mask bytes from p as int32 lanes (n valid bytes; lanes past n are 0).
+inline vi MaskLanes(const uint8_t* p, int64_t n) {
+  using u8xW = uint8_t __attribute__((vector_size(W)));
+  u8xW b = {};
+  std::memcpy(&b, p, static_cast<size_t>(std::min<int64_t>(n, W)));
+  return __builtin_convertvector(b, vi);
 }
 
 // x [L, D] (row stride rs) -> xt [D, Lp], zero past column L
@@ -139,10 +154,10 @@ void Transpose(const float* x, const Shape& sh, float* xt) {
 // s[r, 0..Lp) = a_r · bt for R rows a_r (D floats each)
 template <int V, int R>
 inline void RowsTimesT(const float* const* a, const float* bt, int64_t Lp, float* s) {
-  for (int64_t jb = 0; jb < Lp; jb += 16) {
-    v16 acc[R] = {};
-    for (int d = 0; d < 16 * V; ++d) {
-      const v16 b = load(bt + d * Lp + jb);
+  for (int64_t jb = 0; jb < Lp; jb += W) {
+    vf acc[R] = {};
+    for (int d = 0; d < W * V; ++d) {
+      const vf b = load(bt + d * Lp + jb);
       for (int r = 0; r < R; ++r) acc[r] += a[r][d] * b;
     }
     for (int r = 0; r < R; ++r) store(s + r * Lp + jb, acc[r]);
@@ -160,28 +175,28 @@ void ForwardRows(const Shape& sh, int64_t i0, const float* q, const float* kt, c
   for (int r = 0; r < R; ++r) {
     float* sr = s + r * Lp;
     if (mk.mask)
-      for (int64_t jb = 0; jb < Lp; jb += 16) {
-        const i16 m = MaskLanes(mk.mask + (i0 + r) * L + jb, L - jb);
+      for (int64_t jb = 0; jb < Lp; jb += W) {
+        const vi m = MaskLanes(mk.mask + (i0 + r) * L + jb, L - jb);
         store(sr + jb, m != 0 ? load(sr + jb) : splat(kHidden));
       }
     for (int64_t j = L; j < Lp; ++j) sr[j] = -INFINITY;
-    v16 m = load(sr);
-    for (int64_t jb = 16; jb < Lp; jb += 16) {
-      const v16 x = load(sr + jb);
+    vf m = load(sr);
+    for (int64_t jb = W; jb < Lp; jb += W) {
+      const vf x = load(sr + jb);
       m = x > m ? x : m;
     }
     const float mr = hmax(m);
-    v16 total = {};
-    for (int64_t jb = 0; jb < Lp; jb += 16) {
-      const v16 e = vexp(load(sr + jb) - mr);
+    vf total = {};
+    for (int64_t jb = 0; jb < Lp; jb += W) {
+      const vf e = vexp(load(sr + jb) - mr);
       store(sr + jb, e);
       total += e;
     }
     const float inv = 1.0f / hsum(total);
-    for (int64_t jb = 0; jb < Lp; jb += 16) {
-      v16 p = load(sr + jb) * inv;
+    for (int64_t jb = 0; jb < Lp; jb += W) {
+      vf p = load(sr + jb) * inv;
       if (mk.keep) {
-        const i16 k = MaskLanes(mk.keep + (i0 + r) * L + jb, L - jb);
+        const vi k = MaskLanes(mk.keep + (i0 + r) * L + jb, L - jb);
         p = k != 0 ? p / mk.keep_prob : splat(0.0f);
       }
       store(sr + jb, p);
@@ -189,17 +204,17 @@ void ForwardRows(const Shape& sh, int64_t i0, const float* q, const float* kt, c
     row_max[i0 + r] = mr;
     row_inv[i0 + r] = inv;
   }
-  v16 acc[R][V] = {};
+  vf acc[R][V] = {};
   for (int64_t j = 0; j < L; ++j) {
-    v16 vv[V];
-    for (int c = 0; c < V; ++c) vv[c] = load(vc + j * 16 * V + 16 * c);
+    vf vv[V];
+    for (int c = 0; c < V; ++c) vv[c] = load(vc + j * W * V + W * c);
     for (int r = 0; r < R; ++r) {
       const float p = s[r * Lp + j];
       for (int c = 0; c < V; ++c) acc[r][c] += p * vv[c];
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < V; ++c) store(o + (i0 + r) * rs + 16 * c, acc[r][c]);
+    for (int c = 0; c < V; ++c) store(o + (i0 + r) * rs + W * c, acc[r][c]);
 }
 
 template <int V, int R>
@@ -235,33 +250,33 @@ void BackwardRows(const Shape& sh, int64_t i0, const float* q, const float* o, c
   RowsTimesT<V, R>(qr, kt, Lp, p);   // S
   RowsTimesT<V, R>(gr, vt, Lp, ds);  // dP̃ = dO·vᵀ
   for (int r = 0; r < R; ++r) {
-    v16 dot = {};
-    for (int c = 0; c < V; ++c) dot += load(gr[r] + 16 * c) * load(o + (i0 + r) * rs + 16 * c);
+    vf dot = {};
+    for (int c = 0; c < V; ++c) dot += load(gr[r] + W * c) * load(o + (i0 + r) * rs + W * c);
     const float delta = hsum(dot), mr = row_max[i0 + r], inv = row_inv[i0 + r];
     float *pr = p + r * Lp, *dr = ds + r * Lp;
-    for (int64_t jb = 0; jb < Lp; jb += 16) {
-      const i16 m = mk.mask ? MaskLanes(mk.mask + (i0 + r) * L + jb, L - jb) : i16{} + 1;
-      const v16 prob = vexp((m != 0 ? load(pr + jb) : splat(kHidden)) - mr) * inv;
-      v16 dprob = load(dr + jb), dropped = prob;
+    for (int64_t jb = 0; jb < Lp; jb += W) {
+      const vi m = mk.mask ? MaskLanes(mk.mask + (i0 + r) * L + jb, L - jb) : vi{} + 1;
+      const vf prob = vexp((m != 0 ? load(pr + jb) : splat(kHidden)) - mr) * inv;
+      vf dprob = load(dr + jb), dropped = prob;
       if (mk.keep) {
-        const i16 k = MaskLanes(mk.keep + (i0 + r) * L + jb, L - jb);
+        const vi k = MaskLanes(mk.keep + (i0 + r) * L + jb, L - jb);
         dprob = k != 0 ? dprob / mk.keep_prob : splat(0.0f);
         dropped = k != 0 ? prob / mk.keep_prob : splat(0.0f);
       }
-      const v16 dscore = prob * (dprob - delta);
+      const vf dscore = prob * (dprob - delta);
       store(pr + jb, dropped);
       store(dr + jb, m != 0 ? dscore : splat(0.0f));  // hidden scores are constants
     }
   }
   // dq = dS·k and dk += dSᵀ·q
-  v16 a[R][V] = {}, qv[R][V];
+  vf a[R][V] = {}, qv[R][V];
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < V; ++c) qv[r][c] = load(qr[r] + 16 * c);
+    for (int c = 0; c < V; ++c) qv[r][c] = load(qr[r] + W * c);
   for (int64_t j = 0; j < L; ++j) {
-    v16 kv[V], dk[V];
+    vf kv[V], dk[V];
     for (int c = 0; c < V; ++c) {
-      kv[c] = load(kc + j * 16 * V + 16 * c);
-      dk[c] = load(dkc + j * 16 * V + 16 * c);
+      kv[c] = load(kc + j * W * V + W * c);
+      dk[c] = load(dkc + j * W * V + W * c);
     }
     for (int r = 0; r < R; ++r) {
       const float x = ds[r * Lp + j];
@@ -270,22 +285,22 @@ void BackwardRows(const Shape& sh, int64_t i0, const float* q, const float* o, c
         dk[c] += x * qv[r][c];
       }
     }
-    for (int c = 0; c < V; ++c) store(dkc + j * 16 * V + 16 * c, dk[c]);
+    for (int c = 0; c < V; ++c) store(dkc + j * W * V + W * c, dk[c]);
   }
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < V; ++c) store(dq + (i0 + r) * rs + 16 * c, a[r][c]);
+    for (int c = 0; c < V; ++c) store(dq + (i0 + r) * rs + W * c, a[r][c]);
   // dv += P̃ᵀ·dO
-  v16 gv[R][V];
+  vf gv[R][V];
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < V; ++c) gv[r][c] = load(gr[r] + 16 * c);
+    for (int c = 0; c < V; ++c) gv[r][c] = load(gr[r] + W * c);
   for (int64_t j = 0; j < L; ++j) {
-    v16 dv[V];
-    for (int c = 0; c < V; ++c) dv[c] = load(dvc + j * 16 * V + 16 * c);
+    vf dv[V];
+    for (int c = 0; c < V; ++c) dv[c] = load(dvc + j * W * V + W * c);
     for (int r = 0; r < R; ++r) {
       const float x = p[r * Lp + j];
       for (int c = 0; c < V; ++c) dv[c] += x * gv[r][c];
     }
-    for (int c = 0; c < V; ++c) store(dvc + j * 16 * V + 16 * c, dv[c]);
+    for (int c = 0; c < V; ++c) store(dvc + j * W * V + W * c, dv[c]);
   }
 }
 
@@ -335,21 +350,21 @@ void ForPairs(ffi::ThreadPool& pool, int64_t pairs, F one) {
 
 Shape ShapeOf(ffi::Buffer<ffi::F32>& x) {
   auto d = x.dimensions();
-  return {d[0], d[1], d[2], d[3], (d[1] + 15) / 16 * 16};
+  return {d[0], d[1], d[2], d[3], (d[1] + W - 1) / W * W};
 }
 
-// Query rows per block for D = 16·V: R·V vector accumulators stay in registers.
+// Query rows per block for D = W·V: at most 8 vector accumulators (R·V), up to 4 rows.
 template <int V>
-constexpr int Rows() { return V <= 2 ? 4 : V == 4 ? 2 : 1; }
+constexpr int Rows() { return V >= 8 ? 1 : std::min(4, 8 / V); }
 
-// run(std::integral_constant<int, D / 16>) for the head dims the kernel is compiled for.
+// run(std::integral_constant<int, D / W>) for the head dims the kernel is compiled for.
 template <typename F>
 ffi::Error ForHeadDim(int64_t D, F run) {
   switch (D) {
-    case 16: run(std::integral_constant<int, 1>{}); break;
-    case 32: run(std::integral_constant<int, 2>{}); break;
-    case 64: run(std::integral_constant<int, 4>{}); break;
-    case 128: run(std::integral_constant<int, 8>{}); break;
+    case 16: run(std::integral_constant<int, 16 / W>{}); break;
+    case 32: run(std::integral_constant<int, 32 / W>{}); break;
+    case 64: run(std::integral_constant<int, 64 / W>{}); break;
+    case 128: run(std::integral_constant<int, 128 / W>{}); break;
     default:
       return ffi::Error::InvalidArgument("jssl attention: head dim must be 16, 32, 64 or 128");
   }
