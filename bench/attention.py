@@ -15,7 +15,9 @@ and MAE use on a one-device CPU) and False (column ``jax``: XLA's attention, hea
 PyTorch runs the same function with
 ``torch.nn.functional.scaled_dot_product_attention`` on [B, H, L, D] views (as
 ``nn.MultiheadAttention`` does) and ``backward()``, ``torch.set_num_threads(os.cpu_count())``.
-Both in one process, in blocks of ``--block`` back-to-back calls (a block's first two dropped),
+The last row masks out each sequence's keys past a random valid length (a key padding mask,
+as BERT's padded batches; ``attn_mask`` for PyTorch). Both in one process, in blocks of
+``--block`` back-to-back calls (a block's first two dropped),
 the three's blocks alternating ``--repeats`` times; medians; the gradients are checked
 equal first. Also the forward alone. Ratios are to PyTorch (> 1: PyTorch is faster).
 Writes ``bench/attention.json`` (rendered by ``python bench/render.py`` into
@@ -35,11 +37,14 @@ from bench.kernel_ab import row as result_row  # noqa: E402
 #: (name, B, L, H, D) of the CPU presets' attentions
 SHAPES = (("mae:fashion_mnist encoder", 256, 13, 4, 32),
           ("mae:fashion_mnist decoder", 256, 50, 4, 16),
-          ("bert:fortunes (its shape)", 64, 64, 4, 32))
+          ("bert:fortunes (its shape)", 64, 64, 4, 32),
+          ("bert:fortunes, key padding mask", 64, 64, 4, 32))
 
 
-def _measure(name: str, arrays: list, torch, repeats: int, block: int) -> list[dict]:
-    """Rows (forward + backward, forward) for q, k, v, dO = ``arrays`` ([B, L, H, D])."""
+def _measure(name: str, arrays: list, torch, repeats: int, block: int,
+             valid=None) -> list[dict]:
+    """Rows (forward + backward, forward) for q, k, v, dO = ``arrays`` ([B, L, H, D]); with
+    ``valid`` (bool [B, L]) keys past each row's valid length are masked out."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -48,21 +53,24 @@ def _measure(name: str, arrays: list, torch, repeats: int, block: int) -> list[d
     from jssl.models.vit import attention_fn
 
     jq, jk, jv, jdo = (jnp.asarray(a) for a in arrays)
+    mask = None if valid is None else jnp.asarray(valid)[:, None, None, :]
     grads, fwds = {}, {}
     for label, on in (("jax", False), ("native", True)):
         native_attention.ENABLED = on
         attend = attention_fn("xla")
-        grads[label] = jax.jit(jax.grad(lambda q, k, v, f=attend: jnp.vdot(f(q, k, v), jdo),
-                                        (0, 1, 2)))
-        fwds[label] = jax.jit(attend)
+        grads[label] = jax.jit(jax.grad(
+            lambda q, k, v, f=attend: jnp.vdot(f(q, k, v, mask=mask), jdo), (0, 1, 2)))
+        fwds[label] = jax.jit(lambda q, k, v, f=attend: f(q, k, v, mask=mask))
         jax.block_until_ready((grads[label](jq, jk, jv), fwds[label](jq, jk, jv)))
     native_attention.ENABLED = None
     tq, tk, tv = (torch.from_numpy(a).requires_grad_(True) for a in arrays[:3])
     tdo = torch.from_numpy(arrays[3])
+    t_mask = None if valid is None else torch.from_numpy(valid)[:, None, None, :]
 
     def t_attend(q, k, v):
         return torch.nn.functional.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            attn_mask=t_mask).transpose(1, 2)
 
     def t_grad():
         for a in (tq, tk, tv):
@@ -108,7 +116,10 @@ def main() -> None:
     rows = []
     for name, *shape in SHAPES:
         arrays = [rng.standard_normal(shape, dtype=np.float32) for _ in range(4)]
-        rows += _measure(name, arrays, torch, args.repeats, args.block)
+        b, length = shape[:2]
+        valid = (np.arange(length)[None] < rng.integers(length // 4, length + 1, size=(b, 1))
+                 if "mask" in name else None)  # each row's keys past its length are padding
+        rows += _measure(name, arrays, torch, args.repeats, args.block, valid)
     write_report(args.out, "attention.py", args, torch=torch.__version__,
                  torch_threads=torch.get_num_threads(),
                  xla_flags=os.environ.get("XLA_FLAGS", ""), results=rows)

@@ -140,7 +140,10 @@ constexpr float kHidden = -3.40282347e38f;  // finfo(float32).min, the value Fla
 inline vi MaskLanes(const uint8_t* p, int64_t n) {
   using u8xW = uint8_t __attribute__((vector_size(W)));
   u8xW b = {};
-  std::memcpy(&b, p, static_cast<size_t>(std::min<int64_t>(n, W)));
+  if (n >= W)
+    std::memcpy(&b, p, W);  // one vector load
+  else
+    std::memcpy(&b, p, static_cast<size_t>(n));
   return __builtin_convertvector(b, vi);
 }
 
