@@ -36,6 +36,12 @@ def enabled() -> bool:
     return jax.default_backend() == "cpu" if ENABLED is None else bool(ENABLED)
 
 
+def attention_fn() -> Any:
+    """The ``nn.dot_product_attention`` drop-in :data:`ENABLED` asks for:
+    :func:`head_major_attention`, or Flax's own function."""
+    return head_major_attention if enabled() else nn.dot_product_attention
+
+
 def _logits(q: jax.Array, k: jax.Array, **kwargs: Any) -> jax.Array:
     """q·kᵀ per (b, h) on ``[B, L, H, D]`` operands, as a matmul over leading axes."""
     return jnp.matmul(jnp.swapaxes(q, 1, 2), jnp.transpose(k, (0, 2, 3, 1)), **kwargs)

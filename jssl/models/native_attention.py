@@ -33,7 +33,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -175,9 +174,7 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
             keep = jnp.broadcast_to(jax.random.bernoulli(dropout_rng, keep_prob, shape),
                                     (b, h, length, length))
         return attention(query, key, value, mask=mask, keep=keep, keep_prob=keep_prob)
-    fallback = (head_major.head_major_attention if head_major.enabled()
-                else nn.dot_product_attention)
-    return fallback(
+    return head_major.attention_fn()(
         query, key, value, bias=bias, mask=mask, broadcast_dropout=broadcast_dropout,
         dropout_rng=dropout_rng, dropout_rate=dropout_rate, deterministic=deterministic,
         dtype=dtype, precision=precision, module=module,

@@ -100,8 +100,7 @@ def attention_fn(impl: str, valid_tokens: int | None = None):
         raise ValueError(f"attention={impl!r} is unknown; use one of {ATTENTION_IMPLS}")
     if impl == "xla":
         base = (native_attention.dot_product_attention if native_attention.enabled()
-                else head_major.head_major_attention if head_major.enabled()
-                else nn.dot_product_attention)
+                else head_major.attention_fn())
         if valid_tokens is None:
             return base
 

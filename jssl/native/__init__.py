@@ -38,8 +38,9 @@ def march() -> str:
 def compiler() -> str | None:
     """``$CXX``, else ``g++`` or ``c++`` from PATH; None if there is none."""
     for name in (os.environ.get("CXX"), "g++", "c++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        path = shutil.which(name) if name else None
+        if path:
+            return path
     return None
 
 

@@ -45,7 +45,6 @@ inline vf load(const float* p) {
 }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 inline vf splat(float x) { return vf{} + x; }
-using v8 = float __attribute__((vector_size(32)));
 using v4 = float __attribute__((vector_size(16)));
 
 // Four lanes of v folded by halving (+ or max).
@@ -390,6 +389,18 @@ Masks MasksOf(const Shape& sh, int64_t bh, ffi::Buffer<ffi::U8>& mask, ffi::Buff
   return mk;
 }
 
+// pair(V, bh, masks, buf) for every (b, h) pair, spread over the pool, V = D / W as a type.
+template <typename F>
+ffi::Error ForEachPair(ffi::ThreadPool& pool, const Shape& sh, ffi::Buffer<ffi::U8>& mask,
+                       ffi::Buffer<ffi::U8>& keep, int32_t has_mask, int32_t has_keep,
+                       float keep_prob, F pair) {
+  return ForHeadDim(sh.D, [&](auto vtag) {
+    ForPairs(pool, sh.B * sh.H, [&, vtag](int64_t bh, std::vector<float>& buf) {
+      pair(vtag, bh, MasksOf(sh, bh, mask, keep, has_mask, has_keep, keep_prob), buf);
+    });
+  });
+}
+
 // q, k, v [B, L, H, D], mask, keep -> o [B, L, H, D], stats [B, H, 2, L] (row max, 1 / row sum)
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::U8> mask, ffi::Buffer<ffi::U8> keep,
@@ -398,13 +409,11 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
   const Shape sh = ShapeOf(q);
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
   float *op = o->typed_data(), *sp = stats->typed_data();
-  return ForHeadDim(sh.D, [&](auto vtag) {
-    constexpr int V = decltype(vtag)::value;
-    ForPairs(pool, sh.B * sh.H, [=, &mask, &keep](int64_t bh, std::vector<float>& buf) {
-      const Masks mk = MasksOf(sh, bh, mask, keep, has_mask, has_keep, keep_prob);
-      ForwardPair<V, Rows<V>()>(sh, bh, qp, kp, vp, mk, op, sp, buf);
-    });
-  });
+  return ForEachPair(pool, sh, mask, keep, has_mask, has_keep, keep_prob,
+                     [=](auto vtag, int64_t bh, const Masks& mk, std::vector<float>& buf) {
+                       constexpr int V = decltype(vtag)::value;
+                       ForwardPair<V, Rows<V>()>(sh, bh, qp, kp, vp, mk, op, sp, buf);
+                     });
 }
 
 // q, k, v, o, stats, dO (q as the forward saw it) -> dq, dk, dv
@@ -419,13 +428,12 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
   const float *opp = o.typed_data(), *sp = stats.typed_data(), *gp = dout.typed_data();
   float *dqp = dq->typed_data(), *dkp = dk->typed_data(), *dvp = dv->typed_data();
-  return ForHeadDim(sh.D, [&](auto vtag) {
-    constexpr int V = decltype(vtag)::value;
-    ForPairs(pool, sh.B * sh.H, [=, &mask, &keep](int64_t bh, std::vector<float>& buf) {
-      const Masks mk = MasksOf(sh, bh, mask, keep, has_mask, has_keep, keep_prob);
-      BackwardPair<V, Rows<V>()>(sh, bh, qp, kp, vp, opp, sp, gp, mk, dqp, dkp, dvp, buf);
-    });
-  });
+  return ForEachPair(pool, sh, mask, keep, has_mask, has_keep, keep_prob,
+                     [=](auto vtag, int64_t bh, const Masks& mk, std::vector<float>& buf) {
+                       constexpr int V = decltype(vtag)::value;
+                       BackwardPair<V, Rows<V>()>(sh, bh, qp, kp, vp, opp, sp, gp, mk, dqp,
+                                                  dkp, dvp, buf);
+                     });
 }
 
 }  // namespace
