@@ -20,6 +20,7 @@ as BERT's padded batches; ``attn_mask`` for PyTorch). Both in one process, in bl
 ``--block`` back-to-back calls (a block's first two dropped),
 the three's blocks alternating ``--repeats`` times; medians; the gradients are checked
 equal first. Also the forward alone. Ratios are to PyTorch (> 1: PyTorch is faster).
+``JSSL_NATIVE_MARCH=x86-64-v3`` times the kernel built for AVX2 (recorded in the JSON).
 Writes ``bench/attention.json`` (rendered by ``python bench/render.py`` into
 docs/performance.md). Runs under tcmalloc, as jssl's CLI.
 """
@@ -120,8 +121,10 @@ def main() -> None:
         valid = (np.arange(length)[None] < rng.integers(length // 4, length + 1, size=(b, 1))
                  if "mask" in name else None)  # each row's keys past its length are padding
         rows += _measure(name, arrays, torch, args.repeats, args.block, valid)
+    from jssl import native
+
     write_report(args.out, "attention.py", args, torch=torch.__version__,
-                 torch_threads=torch.get_num_threads(),
+                 torch_threads=torch.get_num_threads(), native_march=native.march(),
                  xla_flags=os.environ.get("XLA_FLAGS", ""), results=rows)
 
 

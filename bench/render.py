@@ -335,7 +335,10 @@ def attention(r: dict) -> str:
     head = ("| attention | [B, L, H, D] | part | " + ("jssl native | " if native else "")
             + "XLA:CPU | PyTorch SDPA | " + ("native / PyTorch | " if native else "")
             + "XLA / PyTorch |")
-    rows = [_kernel_intro(r), "", head,
+    march = (f" Native kernel built with `{r['native_march']}`"
+             f"{' (JSSL_NATIVE_MARCH)' if r['native_march'] != '-march=native' else ''}."
+             if native and "native_march" in r else "")
+    rows = [_kernel_intro(r) + march, "", head,
             "|---|---|---|" + "---:|" * (head.count("|") - 4)]
     for x in r["results"]:
         m = x["median_s"]
@@ -419,6 +422,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {"cpu_malloc": cpu_malloc,
                                                "text_ops": text_ops, "dots": dots,
                                                "attention": attention,
                                                "attention_native": attention,
+                                               "attention_native_avx2": attention,
                                                "native_attention": native_attention,
                                                # the same benchmarks on a second machine
                                                "results_xeon": results,
